@@ -1,0 +1,61 @@
+"""The Drift Explorer's sidebar: a form that yields a DriftConfig, plus display switches.
+
+Widgets own keys under ``drift.cfg.*``; their first values come from `DriftConfig()` (or from
+whatever a test put in session state before the first run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from proxyfda.config import DriftConfig
+from proxyfda.data import list_datasets
+from proxyfda.knn import available_backends
+from proxyfda.projection import PROJECTION_METHODS
+
+from app.linked_maps import COLOR_OPTIONS
+
+PREFIX = "drift.cfg."
+
+
+def _key(name: str) -> str:
+    return PREFIX + name
+
+
+def _init_defaults() -> None:
+    for field in dataclasses.fields(DriftConfig):
+        st.session_state.setdefault(_key(field.name), field.default)
+    st.session_state.setdefault("drift.color_by", COLOR_OPTIONS[0])
+    st.session_state.setdefault("drift.show_images", True)
+
+
+def drift_controls() -> tuple[DriftConfig, str, bool]:
+    """Render the sidebar; return (config, colour-by choice, whether to show thumbnails)."""
+    _init_defaults()
+    sidebar = st.sidebar
+    with sidebar.form("drift.form", border=False):
+        st.text_input("Data", key=_key("data"),
+                      help=f"Bundled: {', '.join(list_datasets())} (add ':train' or ':test'), "
+                           "or 'folder:/path/to/images' with one sub-folder per class.")
+        st.number_input("Images (class-balanced sample; 0 = all)", min_value=0, step=500, key=_key("n"))
+        st.slider("k (neighbours)", min_value=1, max_value=50, key=_key("k"))
+        st.text_input("Pre-trained encoder", key=_key("pretrained"),
+                      help="efficientnet-lite0 · efficientnet-lite0:/path.pth · open_clip:<arch>:<tag|path|none> · run:<dir>")
+        st.text_input("Fine-tuned encoder", key=_key("finetuned"),
+                      help="'default-finetuned' is EfficientNet-Lite0 fine-tuned on MNIST by proxyfda; "
+                           "or any spec as above, e.g. run:<dir> from `proxyfda finetune`.")
+        st.number_input("Input resolution (px; 0 = each encoder's own)", min_value=0, step=16, key=_key("image_size"))
+        with st.expander("Advanced"):
+            st.selectbox("kNN backend", ["auto", *available_backends()], key=_key("knn_backend"))
+            st.selectbox("Map alignment", PROJECTION_METHODS, key=_key("projection"),
+                         help="init: fit the pre-trained map, start the fine-tuned one from it, Procrustes-align. "
+                              "independent: two fits, Procrustes. aligned: AlignedUMAP (slowest).")
+            st.number_input("Sampling seed", min_value=0, step=1, key=_key("seed"))
+        st.form_submit_button("Compute", type="primary", width="stretch")
+    sidebar.divider()
+    sidebar.radio("Colour points by", COLOR_OPTIONS, key="drift.color_by", horizontal=True)
+    sidebar.toggle("Show thumbnails", key="drift.show_images", help="Turn off for large selections.")
+    values = {f.name: st.session_state[_key(f.name)] for f in dataclasses.fields(DriftConfig)}
+    return DriftConfig(**values), st.session_state["drift.color_by"], st.session_state["drift.show_images"]

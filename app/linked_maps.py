@@ -1,0 +1,112 @@
+"""Two linked WebGL maps (pre-trained | fine-tuned) of the same points.
+
+Every point lives in ONE trace whose ``customdata`` is its row id, so a selection made in either
+map names the same rows in the other (plotly's per-trace point indices would scramble when
+colours split traces). The figure builder and the selection parser are pure functions; only
+`render_linked_maps` touches Streamlit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.session import SELECTION_KEY, set_focus, set_selection
+
+COLOR_OPTIONS = ("overlap@k", "class", "L2 drift")
+QUALITATIVE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
+               "#9d755d", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf"]
+
+
+def selection_ids(event: Any) -> list[int]:
+    """Row ids in a plotly selection event (``st.plotly_chart(on_select=...)`` state), in order, unique."""
+    if not event:
+        return []
+    selection = event.get("selection", event) if isinstance(event, dict) else getattr(event, "selection", {})
+    points = selection.get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
+    ids: list[int] = []
+    for point in points:
+        custom = point.get("customdata")
+        if custom is None:
+            continue
+        row = int(custom[0] if isinstance(custom, (list, tuple)) else custom)
+        if row not in ids:
+            ids.append(row)
+    return ids
+
+
+def _marker_colors(color_by: str, labels: np.ndarray, class_names: Sequence[str], overlap: np.ndarray,
+                   l2: np.ndarray) -> dict:
+    if color_by == "class":
+        n = len(class_names)
+        palette = [QUALITATIVE[i % len(QUALITATIVE)] for i in range(n)]
+        # a stepped colourscale so a single trace can carry categorical colours
+        scale = [[edge, palette[min(i, n - 1)]] for i in range(n) for edge in (i / n, (i + 1) / n)]
+        return dict(color=labels, colorscale=scale, cmin=-0.5, cmax=n - 0.5,
+                    colorbar=dict(tickvals=list(range(n)), ticktext=list(class_names), thickness=10))
+    if color_by == "L2 drift":
+        return dict(color=l2, colorscale="Magma", reversescale=True, colorbar=dict(title="L2", thickness=10))
+    return dict(color=overlap, colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title="overlap@k", thickness=10))
+
+
+def map_figure(coords: np.ndarray, title: str, *, labels: np.ndarray, class_names: Sequence[str],
+               overlap: np.ndarray, l2: np.ndarray, color_by: str = "overlap@k",
+               selected: Sequence[int] = (), focus: int | None = None, focus_neighbours: Sequence[int] = ()) -> go.Figure:
+    """One map: all points in one Scattergl trace (customdata = row id), the selection highlighted,
+    and the focused point (star) with its high-dimensional neighbours in this space (rings)."""
+    ids = np.arange(len(coords))
+    hover_class = [class_names[int(c)] for c in labels]
+    trace = go.Scattergl(
+        x=coords[:, 0], y=coords[:, 1], mode="markers", name="points",
+        customdata=np.stack([ids, overlap, l2], axis=1),
+        text=hover_class,
+        hovertemplate="id %{customdata[0]}<br>%{text}<br>overlap@k %{customdata[1]:.2f}"
+                      "<br>L2 drift %{customdata[2]:.3f}<extra></extra>",
+        marker=dict(size=5, opacity=0.85, **_marker_colors(color_by, labels, class_names, overlap, l2)),
+    )
+    if len(selected):
+        trace.selectedpoints = list(selected)  # point index == row id in this single trace
+        trace.selected = dict(marker=dict(opacity=1.0, size=7))
+        trace.unselected = dict(marker=dict(opacity=0.12))
+    fig = go.Figure(trace)
+    if focus is not None:
+        ring = list(focus_neighbours)
+        fig.add_trace(go.Scattergl(x=coords[ring, 0], y=coords[ring, 1], mode="markers", name="neighbours",
+                                   marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(width=2, color="#d62728")),
+                                   hoverinfo="skip"))
+        fig.add_trace(go.Scattergl(x=[coords[focus, 0]], y=[coords[focus, 1]], mode="markers", name="focus",
+                                   marker=dict(size=16, symbol="star", color="#d62728",
+                                               line=dict(width=1, color="white")),
+                                   hoverinfo="skip"))
+    fig.update_layout(title=dict(text=title, x=0.0, font=dict(size=15)), height=460, showlegend=False,
+                      margin=dict(l=8, r=8, t=36, b=8), dragmode="lasso", uirevision="drift-maps")
+    fig.update_xaxes(showticklabels=False, title=None)
+    fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x")
+    return fig
+
+
+def _on_select(chart_key: str) -> None:
+    ids = selection_ids(st.session_state.get(chart_key))
+    set_selection(ids)
+    if len(ids) == 1:
+        set_focus(ids[0])
+
+
+def render_linked_maps(map_a: np.ndarray, map_b: np.ndarray, report, color_by: str, focus: int | None) -> None:
+    """Draw both maps side by side; a box/lasso/click in either selects the same rows in both."""
+    selected = st.session_state.get(SELECTION_KEY, [])
+    neighbours_a = report.graph_a.indices[focus] if focus is not None else ()
+    neighbours_b = report.graph_b.indices[focus] if focus is not None else ()
+    common = dict(labels=report.labels, class_names=report.class_names, overlap=report.overlap,
+                  l2=report.l2_drift, color_by=color_by, selected=selected, focus=focus)
+    left, right = st.columns(2)
+    for column, coords, title, neighbours, key in (
+            (left, map_a, "Pre-trained", neighbours_a, "drift.map_a"),
+            (right, map_b, "Fine-tuned", neighbours_b, "drift.map_b")):
+        with column:
+            fig = map_figure(coords, title, focus_neighbours=neighbours, **common)
+            st.plotly_chart(fig, key=key, on_select=lambda key=key: _on_select(key),
+                            selection_mode=("points", "box", "lasso"), config={"displaylogo": False})

@@ -1,0 +1,27 @@
+"""The Streamlit entry point: a thin router over the pages in ../pages.
+
+Run with `proxyfda app` (or `streamlit run app/main.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from the checkout
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="proxyfda", page_icon="🧭", layout="wide")
+
+# One entry per page. Live fine-tune, Proxy debugger and Teaching join "Explore" / "Method" as
+# they are built; each is a script in pages/.
+PAGES = {
+    "Explore": [
+        st.Page(ROOT / "pages" / "drift_explorer.py", title="Drift Explorer", icon="🗺️", default=True),
+    ],
+}
+
+st.navigation(PAGES).run()

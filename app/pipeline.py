@@ -1,0 +1,122 @@
+"""The app's cached steps from a DriftConfig to images, features, report and maps.
+
+Models and image sets are shared resources (read-only here: a model being fine-tuned is never
+one of these); features and maps are also cached on disk by the library, keyed by content, so a
+restart of the app finds them again. Long steps report into Streamlit progress elements.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import streamlit as st
+
+from proxyfda.config import DEFAULT_FINETUNED, DriftConfig
+from proxyfda.data import ImageSet, load_images
+from proxyfda.default import default_finetuned_ready, ensure_default_finetuned, resolve_finetuned_spec
+from proxyfda.device import default_device
+from proxyfda.drift import DriftReport, compute_drift
+from proxyfda.encoders import Encoder, create_encoder
+from proxyfda.features import extract_features
+from proxyfda import projection
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def get_encoder(spec: str, image_size: int) -> Encoder:
+    return create_encoder(resolve_finetuned_spec(spec), image_size=image_size or None, device=default_device())
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def get_images(data: str, n: int, seed: int) -> ImageSet:
+    return load_images(data, n=n or None, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_report(_x_a: np.ndarray, _x_b: np.ndarray, key: tuple, labels: np.ndarray, class_names: list[str],
+               k: int, backend: str) -> DriftReport:
+    """Drift report; the feature arrays are identified by ``key`` (their specs and data) instead of hashed."""
+    return compute_drift(_x_a, _x_b, labels, class_names, k, backend=backend)
+
+
+def ensure_default_encoder() -> None:
+    """Build the default fine-tuned encoder on first launch, showing its progress (never an empty page)."""
+    if default_finetuned_ready():
+        return
+    from proxyfda import default
+
+    total = default.DEFAULT_FINETUNE.steps
+    with st.status("First launch: fine-tuning the default encoder (EfficientNet-Lite0 on MNIST digits, "
+                   f"{total} steps, about two minutes on a CPU). It is cached for every later start.",
+                   expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+
+        def callback(record: dict) -> None:
+            if record["kind"] == "train":
+                bar.progress(record["step"] / total, text=f"step {record['step']}/{total} · loss {record['loss']:.3f}")
+            else:
+                st.write(f"step {record['step']}: digit accuracy {record['accuracy']:.1%}")
+
+        ensure_default_finetuned(callback=callback)
+        status.update(label="Default fine-tuned encoder ready", state="complete", expanded=False)
+
+
+def features_with_progress(spec: str, images: ImageSet, image_size: int, label: str) -> np.ndarray:
+    """Features from the disk cache, or computed with a progress bar."""
+    encoder = get_encoder(spec, image_size)
+    placeholder = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        if done < total:
+            placeholder.progress(done / total, text=f"Embedding {total} images with the {label} encoder: {done}/{total}")
+
+    features = extract_features(encoder, images, progress=progress)
+    placeholder.empty()
+    return features
+
+
+def load_features(config: DriftConfig, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    if config.finetuned.strip() == DEFAULT_FINETUNED:
+        ensure_default_encoder()
+    x_a = features_with_progress(config.pretrained, images, config.image_size, "pre-trained")
+    x_b = features_with_progress(config.finetuned, images, config.image_size, "fine-tuned")
+    return x_a, x_b
+
+
+# ---------------------------------------------------------------------------------------------
+# maps: computed on a worker thread so the rest of the page shows while UMAP compiles and fits
+
+
+class ProjectionJobs:
+    """Background UMAP jobs keyed by their inputs; the worker never calls Streamlit."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umap")
+        self.jobs: dict[tuple, Future] = {}
+        self.messages: dict[tuple, str] = {}
+        self.lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Start compiling UMAP's numba kernels now, while the user looks at other things."""
+        with self.lock:
+            if "warm-up" not in self.jobs:
+                self.jobs["warm-up"] = self.pool.submit(projection.warm_up)
+
+    def submit(self, key: tuple, x_a: np.ndarray, x_b: np.ndarray, method: str, seed: int) -> Future:
+        with self.lock:
+            job = self.jobs.get(key)
+            if job is None or (job.done() and job.exception() is not None):
+                self.messages[key] = "queued"
+
+                def say(message: str) -> None:
+                    self.messages[key] = message
+
+                job = self.pool.submit(projection.project_pair, x_a, x_b, method=method, seed=seed, progress=say)
+                self.jobs[key] = job
+            return job
+
+
+@st.cache_resource(show_spinner=False)
+def projection_jobs() -> ProjectionJobs:
+    return ProjectionJobs()

@@ -1,0 +1,88 @@
+"""Views of a DriftReport: the global metrics panel, the most-drifted table, class drift, export."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from proxyfda.drift import DriftReport
+from proxyfda.metrics import class_composition
+
+from app.session import set_focus
+
+METRIC_HELP = {
+    "overlap": "Mean over points of |N_pre(i) ∩ N_ft(i)| / k: the share of each point's k nearest neighbours "
+               "(cosine, full feature space) that survive fine-tuning. Not Jaccard.",
+    "jaccard": "Mean of |A ∩ B| / |A ∪ B| of the two neighbour sets.",
+    "trustworthiness": "Are the fine-tuned space's neighbourhoods also neighbourhoods before? 1 = no intruders.",
+    "continuity": "Are the pre-trained neighbourhoods kept after fine-tuning? 1 = nothing torn apart.",
+    "cka": "Linear CKA between the two feature matrices: 1 = the same geometry up to rotation and scale.",
+    "procrustes": "Residual after the best rotation, scale and translation (scipy's definition): 0 = identical shape.",
+    "l2": "Mean distance between each image's L2-normalised pre-trained and fine-tuned features.",
+}
+
+
+def metrics_panel(report: DriftReport) -> None:
+    m = report.metrics
+    baseline = m["overlap_at_k_random_baseline"]
+    cols = st.columns(7)
+    cols[0].metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
+    cols[0].caption(f"random baseline k/(N−1) = {baseline:.4f}")
+    cols[1].metric("Jaccard", f"{m['jaccard_mean']:.3f}", help=METRIC_HELP["jaccard"])
+    cols[2].metric("trustworthiness", f"{m['trustworthiness']:.3f}" if "trustworthiness" in m else "n/a",
+                   help=METRIC_HELP["trustworthiness"])
+    cols[3].metric("continuity", f"{m['continuity']:.3f}" if "continuity" in m else "n/a",
+                   help=METRIC_HELP["continuity"])
+    cols[4].metric("linear CKA", f"{m['linear_cka']:.3f}", help=METRIC_HELP["cka"])
+    cols[5].metric("Procrustes disparity", f"{m['procrustes_disparity']:.3f}", help=METRIC_HELP["procrustes"])
+    cols[6].metric("mean L2 drift", f"{m['mean_l2_drift']:.3f}", help=METRIC_HELP["l2"])
+    st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
+
+
+def most_drifted_table(report: DriftReport, top: int = 50) -> None:
+    table = report.most_drifted(top)
+    st.caption("Lowest overlap@k first. Select a row to inspect its neighbours.")
+    event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
+                         key="drift.most_drifted", height=320,
+                         column_config={"overlap_at_k": st.column_config.ProgressColumn(
+                             f"overlap@{report.k}", min_value=0.0, max_value=1.0, format="%.2f")})
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        set_focus(int(table.iloc[rows[0]]["id"]))
+
+
+def class_drift_view(report: DriftReport) -> None:
+    st.dataframe(report.class_table, hide_index=True)
+    n_classes = len(report.class_names)
+    before = class_composition(report.graph_a.indices, report.labels, n_classes)
+    after = class_composition(report.graph_b.indices, report.labels, n_classes)
+    change = after - before
+    limit = float(np.abs(change).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=change, x=report.class_names, y=report.class_names, colorscale="RdBu",
+                               zmid=0, zmin=-limit, zmax=limit, colorbar=dict(title="Δ share")))
+    fig.update_layout(title="Change in neighbour-class composition (fine-tuned − pre-trained)", height=420,
+                      margin=dict(l=8, r=8, t=40, b=8), xaxis_title="neighbour's class", yaxis_title="point's class")
+    fig.update_yaxes(autorange="reversed")
+    st.plotly_chart(fig, key="drift.class_heatmap")
+
+
+def export_frame(report: DriftReport) -> pd.DataFrame:
+    """Per-point drift with neighbour lists as space-separated ids (CSV-friendly)."""
+    frame = report.points_frame()
+    for column in ("neighbours_pretrained", "neighbours_finetuned"):
+        frame[column] = [" ".join(map(str, row)) for row in frame[column]]
+    return frame
+
+
+def export_buttons(report: DriftReport) -> None:
+    csv = export_frame(report).to_csv(index=False).encode()
+    buffer = io.BytesIO()
+    report.points_frame().to_parquet(buffer, index=False)
+    a, b, c = st.columns(3)
+    a.download_button("Per-point drift (CSV)", csv, "points.csv", "text/csv")
+    b.download_button("Per-point drift (parquet)", buffer.getvalue(), "points.parquet", "application/octet-stream")
+    c.download_button("Class drift (CSV)", report.class_table.to_csv(index=False).encode(), "classes.csv", "text/csv")

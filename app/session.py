@@ -1,0 +1,36 @@
+"""Session-state keys the Drift Explorer's components share, and the only code that writes them.
+
+Chart selections cannot be fired from AppTest, so everything a selection changes goes through
+these setters, which tests call directly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import streamlit as st
+
+SELECTION_KEY = "drift.selection"  # row ids selected on either map (list[int])
+FOCUS_KEY = "drift.focus"  # the row whose neighbours are shown (int)
+
+
+def set_selection(ids: Sequence[int]) -> None:
+    st.session_state[SELECTION_KEY] = [int(i) for i in ids]
+
+
+def set_focus(row: int) -> None:
+    st.session_state[FOCUS_KEY] = int(row)
+
+
+def clear_selection() -> None:
+    st.session_state[SELECTION_KEY] = []
+
+
+def focus(n_points: int) -> int | None:
+    """The focused row, or None when nothing valid is focused (e.g. after the data set changed)."""
+    row = st.session_state.get(FOCUS_KEY)
+    return row if row is not None and 0 <= row < n_points else None
+
+
+def selection(n_points: int) -> list[int]:
+    return [i for i in st.session_state.get(SELECTION_KEY, []) if 0 <= i < n_points]

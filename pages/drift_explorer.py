@@ -1,0 +1,89 @@
+"""Drift Explorer: how a fine-tuned encoder's neighbourhoods differ from the pre-trained one's."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from proxyfda.errors import ProxyFDAError
+from proxyfda.projection import cached_pair
+
+from app import session
+from app.drift_controls import drift_controls
+from app.linked_maps import render_linked_maps
+from app.neighbours import neighbour_panel, selection_grid
+from app.pipeline import get_images, get_report, load_features, projection_jobs
+from app.report_views import class_drift_view, export_buttons, metrics_panel, most_drifted_table
+
+st.title("Drift Explorer")
+st.caption("The same images through a pre-trained and a fine-tuned encoder: which neighbourhoods survive "
+           "fine-tuning? Drift is measured on the k-NN graphs of the full feature spaces; the 2D maps are a guide.")
+
+config, color_by, show_images = drift_controls()
+
+try:
+    images = get_images(config.data, config.n, config.seed)
+    if images.skipped:
+        st.warning(f"{len(images.skipped)} files in {config.data} were skipped (not images or unreadable).")
+        with st.expander("Skipped files"):
+            st.dataframe({"file": [f for f, _ in images.skipped], "reason": [r for _, r in images.skipped]})
+    x_a, x_b = load_features(config, images)
+    feature_key = (config.pretrained, config.finetuned, images.fingerprint, config.image_size)
+    report = get_report(x_a, x_b, feature_key, images.labels, images.class_names, config.k, config.knn_backend)
+except ProxyFDAError as exc:
+    st.error(f"{exc}")
+    st.stop()
+
+metrics_panel(report)
+n = report.n
+
+
+@st.fragment(run_every=1.0)
+def maps_pending(job, key) -> None:
+    """Poll the background UMAP job; the rest of the page stays usable meanwhile."""
+    if job.done():
+        st.rerun(scope="app")
+    message = projection_jobs().messages.get(key, "working")
+    st.info(f"Computing the 2D maps in the background: {message}. Everything below is ready to use.")
+
+
+@st.fragment
+def explore(maps) -> None:
+    """Maps, neighbour lists and selection grid rerun together on a click, without the rest of the page."""
+    focus = session.focus(n)
+    if maps is not None:
+        render_linked_maps(maps[0], maps[1], report, color_by, focus)
+        st.caption("Box, lasso or click in either map selects the same images in both. 2D positions are only a "
+                   "hint; overlap@k in the full feature spaces is the measurement.")
+    if focus is None:
+        focus = int(report.most_drifted(1)["id"].iloc[0])
+    picked = st.number_input("Inspect point (id)", min_value=0, max_value=n - 1, value=focus,
+                             key=f"drift.focus_input.{focus}")
+    session.set_focus(picked)
+    neighbour_panel(report, images, picked, show_images)
+    chosen = session.selection(n)
+    if len(chosen) > 1:
+        selection_grid(images, report, chosen, show_images)
+        if st.button("Clear selection"):
+            session.clear_selection()
+            st.rerun(scope="fragment")
+
+
+maps = cached_pair(x_a, x_b, method=config.projection, seed=config.seed)
+if maps is None:
+    key = feature_key + (config.projection, config.seed)
+    job = projection_jobs().submit(key, x_a, x_b, config.projection, config.seed)
+    if not job.done():
+        maps_pending(job, key)
+    elif job.exception() is not None:
+        st.error(f"The 2D maps failed: {job.exception()}")
+    else:
+        maps = job.result()
+explore(maps)
+
+most_tab, class_tab, export_tab = st.tabs(["Most drifted", "Class drift", "Export"])
+with most_tab:
+    most_drifted_table(report)
+with class_tab:
+    class_drift_view(report)
+with export_tab:
+    export_buttons(report)

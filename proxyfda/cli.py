@@ -1,0 +1,185 @@
+"""The ``proxyfda`` command: prepare, embed, drift, finetune, app."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import DriftConfig, FinetuneConfig
+from .errors import ProxyFDAError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP_ENTRY = REPO_ROOT / "app" / "main.py"
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per config field, typed and defaulted from the dataclass itself."""
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"(default: {f.default})")
+
+
+def _config_from_args(config_cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+class _Bar:
+    """A tqdm bar driven by (done, total) callbacks."""
+
+    def __init__(self, desc: str):
+        self.bar = tqdm(desc=desc, unit="img", leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from .data import load_images
+    from .drift import encoder_features
+
+    images = load_images(args.data, n=args.n or None, seed=args.seed)
+    bar = _Bar(f"embed {args.encoder}")
+    features = encoder_features(args.encoder, images, args.image_size, progress=bar)
+    bar.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features)
+    np.save(out.with_name(out.stem + ".labels.npy"), images.labels)
+    print(f"wrote {out} {features.shape} and {out.stem}.labels.npy; {len(images.skipped)} files skipped")
+
+
+def _finetune_printer():
+    bar = tqdm(desc="fine-tune", unit="step", leave=False)
+
+    def callback(record: dict) -> None:
+        if record["kind"] == "train":
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+        else:
+            tqdm.write(f"step {record['step']}: eval accuracy {record['accuracy']:.3f}")
+
+    return bar, callback
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    from .drift import run_drift
+
+    config = _config_from_args(DriftConfig, args)
+    bar = tqdm(total=100, bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
+
+    def progress(message: str, fraction: float) -> None:
+        bar.n = int(100 * fraction)
+        bar.set_description_str(message)
+
+    images, report = run_drift(config, progress=progress)
+    bar.close()
+    out = report.save(args.out)
+    print(json.dumps(report.metrics, indent=2))
+    print(f"wrote {out / 'metrics.json'} and {out / 'points.parquet'}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .training import finetune
+
+    config = _config_from_args(FinetuneConfig, args)
+    bar, callback = _finetune_printer()
+    result = finetune(config, args.out, callback=callback)
+    bar.close()
+    print(f"{result.status} after {result.steps_done} steps; eval accuracy {result.final_eval_accuracy}; "
+          f"load it as 'run:{result.run_dir}'")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Build the default fine-tuned encoder and warm every cache the app's first page needs."""
+    from .default import ensure_default_finetuned
+    from .drift import load_drift_images, encoder_features
+    from .projection import project_pair
+
+    bar, callback = _finetune_printer()
+    run_dir = ensure_default_finetuned(callback=callback)
+    bar.close()
+    print(f"default fine-tuned encoder: {run_dir}")
+    config = DriftConfig()
+    images = load_drift_images(config)
+    feats = []
+    for spec in (config.pretrained, config.finetuned):
+        feat_bar = _Bar(f"embed {spec}")
+        feats.append(encoder_features(spec, images, config.image_size, progress=feat_bar))
+        feat_bar.close()
+    print("projecting both spaces with UMAP (the first fit in a process compiles numba: about a minute)")
+    project_pair(feats[0], feats[1], method=config.projection, seed=config.seed)
+    print("ready")
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    if not APP_ENTRY.exists():
+        raise ProxyFDAError(f"the app's entry point {APP_ENTRY} is missing: install proxyfda from a checkout "
+                            "with `pip install -e .`")
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(args.port),
+               "--server.headless", "true" if args.headless else "false", "--browser.gatherUsageStats", "false"]
+    os.execv(sys.executable, command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxyfda", description="See what fine-tuning does to a vision "
+                                     "encoder's feature space.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="build the default fine-tuned encoder and warm the app's caches")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("embed", help="write one encoder's features of an image set to .npy")
+    p.add_argument("--encoder", required=True, help="encoder spec, e.g. efficientnet-lite0 or run:DIR")
+    p.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist:test or folder:/path")
+    p.add_argument("--n", type=int, default=0, help="class-balanced sample size (0: all)")
+    p.add_argument("--image-size", type=int, default=64, help="input resolution (0: the encoder's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("drift", help="compare two encoders' kNN graphs over the same images")
+    _add_config_options(p, DriftConfig)
+    p.add_argument("--out", required=True, help="directory for metrics.json and points.parquet")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("finetune", help="fine-tune an encoder and save a run directory")
+    _add_config_options(p, FinetuneConfig)
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("app", help="start the Streamlit app")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ProxyFDAError as exc:
+        print(f"proxyfda: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Neighbourhood drift between two feature spaces over the same images.
+
+`compute_drift` works on feature arrays (what the app and tests use); `run_drift` goes from a
+`DriftConfig` (encoder specs, data spec, k) to a `DriftReport`, and `DriftReport.save` writes
+``metrics.json``, ``points.parquet`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .config import DriftConfig
+from .data import ImageSet, load_images
+from .knn import KnnGraph, knn_graph, resolve_backend
+
+#: progress(stage message, fraction done in [0, 1])
+StageProgress = Callable[[str, float], None]
+
+
+@dataclass
+class DriftReport:
+    """Per-point and global drift of one image set between space A (pre-trained) and B (fine-tuned)."""
+
+    k: int
+    labels: np.ndarray
+    class_names: list[str]
+    graph_a: KnnGraph
+    graph_b: KnnGraph
+    overlap: np.ndarray  # overlap@k per point: |N_a ∩ N_b| / k
+    jaccard: np.ndarray
+    l2_drift: np.ndarray  # per-point distance between the L2-normalised features
+    metrics: dict[str, float | int | str]
+    class_table: pd.DataFrame
+    config: DriftConfig | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def points_frame(self) -> pd.DataFrame:
+        """One row per point: class, drift scores and both neighbour lists (row ids)."""
+        return pd.DataFrame({
+            "id": np.arange(self.n),
+            "label": self.labels,
+            "class": [self.class_names[int(c)] for c in self.labels],
+            "overlap_at_k": self.overlap,
+            "jaccard": self.jaccard,
+            "l2_drift": self.l2_drift,
+            "neighbours_pretrained": list(self.graph_a.indices),
+            "neighbours_finetuned": list(self.graph_b.indices),
+        })
+
+    def most_drifted(self, top: int = 20) -> pd.DataFrame:
+        """The points whose neighbourhoods changed most: lowest overlap@k, then largest L2 drift."""
+        frame = self.points_frame().drop(columns=["neighbours_pretrained", "neighbours_finetuned"])
+        return frame.sort_values(["overlap_at_k", "l2_drift"], ascending=[True, False]).head(top)
+
+    def neighbours(self, i: int) -> dict[str, np.ndarray]:
+        """Point i's neighbours split into kept (in both), lost (pre-trained only), gained (fine-tuned only)."""
+        kept, lost, gained = M.neighbour_sets(self.graph_a.indices[i], self.graph_b.indices[i])
+        return {"kept": kept, "lost": lost, "gained": gained}
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n")
+        self.points_frame().to_parquet(out / "points.parquet", index=False)
+        self.class_table.to_csv(out / "classes.csv", index=False)
+        if self.config is not None:
+            self.config.save(out / "config.json")
+        return out
+
+
+def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_names: list[str], k: int,
+                  backend: str = "auto", config: DriftConfig | None = None) -> DriftReport:
+    """kNN graphs of both spaces (cosine), per-point drift and the global preservation metrics."""
+    graph_a = knn_graph(x_a, k, metric="cosine", backend=backend)
+    graph_b = knn_graph(x_b, k, metric="cosine", backend=backend)
+    overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
+    jaccard = M.jaccard(graph_a.indices, graph_b.indices)
+    l2 = np.linalg.norm(_unit(x_a) - _unit(x_b), axis=1)
+    n = len(labels)
+    metrics: dict[str, float | int | str] = {
+        "n": n,
+        "k": k,
+        "knn_backend": resolve_backend(backend, n),
+        "overlap_at_k_mean": float(overlap.mean()),
+        "overlap_at_k_random_baseline": M.overlap_random_baseline(k, n),
+        "jaccard_mean": float(jaccard.mean()),
+        "linear_cka": M.linear_cka(x_a, x_b),
+        "procrustes_disparity": M.procrustes_disparity(x_a, x_b),
+        "mean_l2_drift": float(l2.mean()),
+    }
+    if k < n / 2:  # the definition of trustworthiness needs it
+        metrics["trustworthiness"] = M.trustworthiness(x_a, x_b, k, metric="cosine")
+        metrics["continuity"] = M.continuity(x_a, x_b, k, metric="cosine")
+    class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
+    return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
+                       overlap=overlap, jaccard=jaccard, l2_drift=l2, metrics=metrics, class_table=class_table,
+                       config=config)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def load_drift_images(config: DriftConfig) -> ImageSet:
+    return load_images(config.data, n=config.n or None, seed=config.seed)
+
+
+def encoder_features(spec: str, images: ImageSet, image_size: int | None,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Features of ``images`` under the encoder ``spec`` (the default fine-tuned alias included), cached."""
+    from .default import resolve_finetuned_spec
+    from .device import default_device
+    from .encoders import create_encoder
+    from .features import extract_features
+
+    encoder = create_encoder(resolve_finetuned_spec(spec), image_size=image_size or None, device=default_device())
+    return extract_features(encoder, images, progress=progress)
+
+
+def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, DriftReport]:
+    """Everything from specs to report: images, both encoders' features, graphs and metrics."""
+    from .config import DEFAULT_FINETUNED
+    from .default import ensure_default_finetuned
+
+    say = progress or (lambda message, fraction: None)
+    if config.finetuned.strip() == DEFAULT_FINETUNED:
+        say("Preparing the default fine-tuned encoder", 0.0)
+        ensure_default_finetuned(callback=lambda r: say(f"Default fine-tune: step {r['step']}", 0.0))
+    say(f"Loading {config.data}", 0.05)
+    images = load_drift_images(config)
+    feats = []
+    for i, spec in enumerate((config.pretrained, config.finetuned)):
+        feats.append(encoder_features(spec, images, config.image_size,
+                                      lambda done, total, i=i: say(f"Embedding with {spec}: {done}/{total}",
+                                                                   0.1 + 0.4 * i + 0.4 * done / total)))
+    say("Building kNN graphs and metrics", 0.9)
+    report = compute_drift(feats[0], feats[1], images.labels, images.class_names, config.k,
+                           backend=config.knn_backend, config=config)
+    say("Done", 1.0)
+    return images, report

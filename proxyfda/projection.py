@@ -1,0 +1,129 @@
+"""Two UMAP maps of the same points, one per feature space, placed so they can be compared.
+
+2D positions are only a hint of what changed: the high-dimensional kNN drift
+(`proxyfda.metrics.knn_overlap`) is the measurement. Methods:
+
+- ``init`` (default): fit map A; fit map B starting from A's layout; Procrustes-align B onto A.
+  Points that kept their neighbourhoods stay close to where they were.
+- ``independent``: fit both from UMAP's own spectral start; Procrustes-align B onto A.
+- ``aligned``: ``umap.AlignedUMAP`` over both spaces with the identity relation (slowest).
+
+The first UMAP fit in a process compiles numba code (about a minute on two cores);
+`warm_up` pays that cost in advance, e.g. on a background thread while features are computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ProxyFDAError
+from .paths import atomic_write_bytes, cache_dir
+
+PROJECTION_METHODS = ("init", "independent", "aligned")
+PROJECTION_VERSION = "v1"
+
+_warm = threading.Event()
+_warm_lock = threading.Lock()
+
+
+def _umap(**kwargs):
+    import umap  # imported lazily: costs seconds, and is not needed when maps come from the cache
+
+    return umap.UMAP(**kwargs)
+
+
+def warm_up() -> None:
+    """Compile UMAP's numba kernels once per process by fitting a tiny map (thread-safe, idempotent)."""
+    with _warm_lock:
+        if _warm.is_set():
+            return
+        points = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+        _umap(n_neighbors=10, random_state=0, n_epochs=20, n_jobs=1).fit_transform(points)
+        _warm.set()
+
+
+def is_warm() -> bool:
+    return _warm.is_set()
+
+
+def procrustes_align(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``source`` moved onto ``target`` by the best translation, rotation/reflection and uniform scale."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    s, t = source - mu_s, target - mu_t
+    u, sigma, vt = np.linalg.svd(s.T @ t)
+    rotation = u @ vt
+    scale = sigma.sum() / max((s ** 2).sum(), 1e-12)
+    return (s @ rotation) * scale + mu_t
+
+
+def _cache_path(x_a: np.ndarray, x_b: np.ndarray, params: dict) -> Path:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (x_a, x_b):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    digest.update(repr(sorted(params.items())).encode())
+    return cache_dir() / "projections" / f"{digest.hexdigest()}.npz"
+
+
+def _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed) -> Path:
+    if method not in PROJECTION_METHODS:
+        raise ProxyFDAError(f"unknown projection method '{method}'; use one of {', '.join(PROJECTION_METHODS)}")
+    if len(x_a) != len(x_b):
+        raise ProxyFDAError(f"both spaces need the same points: got {len(x_a)} and {len(x_b)} rows")
+    if len(x_a) <= n_neighbors:
+        raise ProxyFDAError(f"UMAP needs more points ({len(x_a)}) than n_neighbors ({n_neighbors})")
+    params = {"method": method, "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "seed": seed,
+              "version": PROJECTION_VERSION}
+    return _cache_path(x_a, x_b, params)
+
+
+def _read_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as cached:
+        return cached["a"], cached["b"]
+
+
+def cached_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neighbors: int = 15,
+                min_dist: float = 0.1, metric: str = "cosine", seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The maps `project_pair` would return, if they are in the disk cache; None otherwise (never fits)."""
+    path = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
+    return _read_pair(path) if path.exists() else None
+
+
+def project_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neighbors: int = 15,
+                 min_dist: float = 0.1, metric: str = "cosine", seed: int = 0,
+                 progress: Callable[[str], None] | None = None, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """2D maps [N, 2] of two feature arrays over the same N points, aligned to each other.
+
+    Results are cached on disk by the arrays' content and the parameters.
+    """
+    path = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
+    if use_cache and path.exists():
+        return _read_pair(path)
+    say = progress or (lambda message: None)
+    if not is_warm():
+        say("Compiling UMAP (numba) — about a minute, once per process")
+        warm_up()
+    common = {"n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "random_state": seed, "n_jobs": 1}
+    if method == "aligned":
+        import umap
+
+        say("Fitting AlignedUMAP over both spaces")
+        identity = {i: i for i in range(len(x_a))}
+        aligned = umap.AlignedUMAP(**common).fit([x_a, x_b], relations=[identity])
+        map_a, map_b = aligned.embeddings_
+    else:
+        say("Fitting UMAP on the pre-trained features")
+        map_a = _umap(**common).fit_transform(x_a)
+        say("Fitting UMAP on the fine-tuned features")
+        init = {"init": map_a} if method == "init" else {}
+        map_b = _umap(**common, **init).fit_transform(x_b)
+    map_a = np.asarray(map_a, dtype=np.float32)
+    map_b = procrustes_align(np.asarray(map_b, dtype=np.float64), map_a.astype(np.float64)).astype(np.float32)
+    if use_cache:
+        atomic_write_bytes(path, lambda handle: np.savez(handle, a=map_a, b=map_b))
+    return map_a, map_b
