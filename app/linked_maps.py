@@ -32,7 +32,7 @@ def selection_ids(event: Any) -> list[int]:
         custom = point.get("customdata")
         if custom is None:
             continue
-        row = int(custom[0] if isinstance(custom, (list, tuple)) else custom)
+        row = int(custom[0] if isinstance(custom, (list, tuple)) else custom)  # one id per point
         if row not in ids:
             ids.append(row)
     return ids
@@ -57,14 +57,13 @@ def map_figure(coords: np.ndarray, title: str, *, labels: np.ndarray, class_name
                selected: Sequence[int] = (), focus: int | None = None, focus_neighbours: Sequence[int] = ()) -> go.Figure:
     """One map: all points in one Scattergl trace (customdata = row id), the selection highlighted,
     and the focused point (star) with its high-dimensional neighbours in this space (rings)."""
-    ids = np.arange(len(coords))
-    hover_class = [class_names[int(c)] for c in labels]
+    hover = [f"id {i} · {class_names[int(c)]}<br>overlap@k {o:.2f} · L2 drift {d:.3f}"
+             for i, (c, o, d) in enumerate(zip(labels, overlap, l2))]
     trace = go.Scattergl(
         x=coords[:, 0], y=coords[:, 1], mode="markers", name="points",
-        customdata=np.stack([ids, overlap, l2], axis=1),
-        text=hover_class,
-        hovertemplate="id %{customdata[0]}<br>%{text}<br>overlap@k %{customdata[1]:.2f}"
-                      "<br>L2 drift %{customdata[2]:.3f}<extra></extra>",
+        # a plain list: numpy arrays travel as typed-array blobs and come back from selections as dicts
+        customdata=list(range(len(coords))),
+        text=hover, hovertemplate="%{text}<extra></extra>",
         marker=dict(size=5, opacity=0.85, **_marker_colors(color_by, labels, class_names, overlap, l2)),
     )
     if len(selected):

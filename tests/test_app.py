@@ -1,0 +1,112 @@
+"""The Drift Explorer page under Streamlit's AppTest, on small real data with a tiny default fine-tune.
+
+Chart selections cannot be fired from AppTest: they are injected through the session keys that
+the chart callbacks write (app.session), and the selection parser is tested as a pure function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.linked_maps import map_figure, selection_ids
+from app.session import FOCUS_KEY, SELECTION_KEY
+from conftest import ROOT, TINY_FINETUNE
+
+PAGE = str(ROOT / "pages" / "drift_explorer.py")
+SMALL = {"drift.cfg.data": "digits:test", "drift.cfg.n": 120, "drift.cfg.k": 5, "drift.cfg.image_size": 32}
+
+
+@pytest.fixture
+def tiny_default(monkeypatch, tmp_path):
+    """A fresh cache in which the default fine-tuned encoder is a 4-step fine-tune (not yet built)."""
+    from proxyfda import default
+
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    monkeypatch.setattr(default, "DEFAULT_FINETUNE", TINY_FINETUNE)
+    return tmp_path
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in {**SMALL, **state}.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def markdown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_first_launch_builds_the_default_with_progress_then_shows_drift(tiny_default):
+    from proxyfda.default import default_finetuned_ready
+
+    assert not default_finetuned_ready()
+    at = page()
+    assert not at.exception and not at.error
+    assert default_finetuned_ready()
+    assert [s.label for s in at.status] == ["Default fine-tuned encoder ready"]
+    labels = [m.label for m in at.metric]
+    assert labels[:2] == ["overlap@5", "Jaccard"] and "trustworthiness" in labels
+    assert "random baseline k/(N−1) = 0.0420" in "\n".join(c.value for c in at.caption)  # 5 / 119
+    assert "Point " in markdown_text(at) and "Kept" in markdown_text(at)
+    assert len(at.dataframe) >= 2  # most drifted + class drift
+    # the maps are computed in the background; the page says so instead of blocking
+    assert any("2D maps" in i.value for i in at.info)
+
+
+def test_maps_from_cache_and_injected_selection(tiny_default):
+    at = page()
+    # compute the maps the page asked for, as the background job would
+    from proxyfda.data import load_images
+    from proxyfda.default import resolve_finetuned_spec
+    from proxyfda.encoders import create_encoder
+    from proxyfda.features import extract_features
+    from proxyfda.projection import project_pair
+
+    images = load_images("digits:test", n=120)
+    feats = [extract_features(create_encoder(resolve_finetuned_spec(s), image_size=32), images)
+             for s in ("efficientnet-lite0", "default-finetuned")]
+    project_pair(feats[0], feats[1], method="init", seed=0)
+    at.session_state[SELECTION_KEY] = [3, 4, 5]
+    at.session_state[FOCUS_KEY] = 7
+    at.run()
+    assert not at.exception
+    charts = [c for c in at.get("plotly_chart") if c.key in ("drift.map_a", "drift.map_b")]
+    assert len(charts) == 2
+    text = markdown_text(at)
+    assert "**Point 7**" in text
+    assert "**Selection**: 3 points" in text
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"drift.cfg.data": "imagenet"}, "unknown data set"),
+    ({"drift.cfg.n": 8, "drift.cfg.k": 10}, "k must be smaller"),
+    ({"drift.cfg.finetuned": "run:/nowhere"}, "not a proxyfda run directory"),
+])
+def test_bad_input_is_a_clear_error_not_a_crash(tiny_default, state, message):
+    at = page(**state)
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_selection_parser_reads_row_ids_from_custom_data():
+    event = {"selection": {"points": [{"curve_number": 0, "point_index": 12, "customdata": 12},
+                                      {"curve_number": 0, "point_index": 3, "customdata": 3},
+                                      {"curve_number": 1, "point_index": 0, "customdata": [12]},
+                                      {"curve_number": 2, "point_index": 0}]}}
+    assert selection_ids(event) == [12, 3]
+    assert selection_ids(None) == [] and selection_ids({"selection": {"points": []}}) == []
+
+
+def test_map_figure_keeps_every_point_in_one_trace_with_row_ids():
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(30, 2))
+    labels = np.arange(30) % 3
+    fig = map_figure(coords, "A", labels=labels, class_names=["a", "b", "c"], overlap=rng.random(30),
+                     l2=rng.random(30), color_by="class", selected=[2, 9], focus=4, focus_neighbours=[1, 2])
+    points = fig.data[0]
+    assert len(points.x) == 30 and list(points.customdata) == list(range(30))
+    assert list(points.selectedpoints) == [2, 9]
+    assert [t.name for t in fig.data] == ["points", "neighbours", "focus"]
