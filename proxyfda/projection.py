@@ -4,7 +4,9 @@
 (`proxyfda.metrics.knn_overlap`) is the measurement. Methods:
 
 - ``init`` (default): fit map A; fit map B starting from A's layout; Procrustes-align B onto A.
-  Points that kept their neighbourhoods stay close to where they were.
+  Points that kept their neighbourhoods stay close to where they were. Components of the kNN
+  graph that are disconnected from each other can still trade places (UMAP does not attract
+  them), so this alignment holds best on a connected neighbourhood graph.
 - ``independent``: fit both from UMAP's own spectral start; Procrustes-align B onto A.
 - ``aligned``: ``umap.AlignedUMAP`` over both spaces with the identity relation (slowest).
 

@@ -1,0 +1,54 @@
+"""Aligned UMAP maps: Procrustes alignment recovers known transforms; maps are cached by content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from proxyfda import projection
+from proxyfda.errors import ProxyFDAError
+from proxyfda.projection import cached_pair, procrustes_align, project_pair
+
+
+def test_procrustes_align_undoes_rotation_scale_and_shift():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(50, 2))
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = 3.0 * target @ rotation + np.array([5.0, -2.0])
+    np.testing.assert_allclose(procrustes_align(moved, target), target, atol=1e-10)
+
+
+def test_project_pair_unrolls_a_curve_and_aligns_a_barely_changed_space(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 3 * np.pi, 300))  # a spiral in 16-D: a connected 1-D manifold
+    curve = np.stack([t * np.cos(t), t * np.sin(t)] + [np.zeros_like(t)] * 14, axis=1)
+    x_a = (curve + 0.3 * rng.normal(size=curve.shape)).astype(np.float32)
+    x_b = (x_a + 0.05 * rng.normal(size=x_a.shape)).astype(np.float32)
+    assert cached_pair(x_a, x_b, metric="euclidean") is None
+    map_a, map_b = project_pair(x_a, x_b, metric="euclidean")
+    assert map_a.shape == map_b.shape == (300, 2)
+    # the map keeps the order along the curve, and the barely changed space lands where the first did
+    assert spearmanr(np.linalg.norm(map_a - map_a[0], axis=1), t).correlation > 0.8
+    extent = np.linalg.norm(map_a.max(0) - map_a.min(0))
+    assert np.median(np.linalg.norm(map_a - map_b, axis=1)) < 0.15 * extent
+
+    def no_fit(**kwargs):
+        raise AssertionError("a cached projection must not fit UMAP again")
+
+    monkeypatch.setattr(projection, "_umap", no_fit)
+    again = project_pair(x_a, x_b, metric="euclidean")
+    np.testing.assert_array_equal(again[0], map_a)
+    np.testing.assert_array_equal(cached_pair(x_a, x_b, metric="euclidean")[1], map_b)
+
+
+def test_projection_input_errors():
+    x = np.zeros((30, 4), dtype=np.float32)
+    with pytest.raises(ProxyFDAError, match="same points"):
+        project_pair(x, x[:20])
+    with pytest.raises(ProxyFDAError, match="unknown projection method"):
+        project_pair(x, x, method="tsne")
+    with pytest.raises(ProxyFDAError, match="more points"):
+        project_pair(x[:10], x[:10])
