@@ -12,6 +12,7 @@ Spec strings (see `create_encoder`):
 ``open_clip:<arch>:/path/to/file.pt``      an open_clip architecture with a local checkpoint.
 ``open_clip:<arch>:none``                  an open_clip architecture, randomly initialised.
 ``run:<dir>``                              the encoder saved by a proxyfda fine-tuning run.
+``safe:/path/result.pt``                   an open_clip ResNet with a SAFE-tuned attention pooling.
 =========================================  ==================================================
 
 Every encoder maps a batch of images, already resized to ``encoder.image_size`` and scaled to
@@ -178,9 +179,10 @@ for _variant in EFFICIENTNET_LITE_VARIANTS:
 class OpenClipEncoder(Encoder):
     """The image tower of an open_clip model; ``clip_model`` keeps the text tower for zero-shot."""
 
-    def __init__(self, *args, clip_model: nn.Module, **kwargs):
+    def __init__(self, *args, clip_model: nn.Module, arch: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.clip_model = [clip_model]  # a list, so the text tower is not registered as a sub-module
+        self.arch = arch  # selects the matching tokenizer for zero-shot
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixels)
@@ -226,11 +228,16 @@ def _build_open_clip(arg: str, image_size: int | None, load_weights: bool, spec:
                                 f"{type(exc).__name__}: {_first_line(exc)}") from exc
         raise
     cfg = model.visual.preprocess_cfg
-    size = image_size or int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])
+    native = int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])
+    if image_size and image_size != native:
+        # ViT and ModifiedResNet towers carry positional embeddings of a fixed grid
+        raise ProxyFDAError(f"open_clip {arch} takes {native} px inputs, not {image_size} px: set the input "
+                            "resolution to 0 (each encoder's own) or to that size")
+    size = native
     norm = PixelNorm(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
     dim = int(model.visual.output_dim)
     return OpenClipEncoder(spec, f"open_clip {arch}", model.visual, feature_dim=dim, image_size=size,
-                           pixel_norm=norm, clip_model=model)
+                           pixel_norm=norm, clip_model=model, arch=arch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +288,8 @@ def create_encoder(spec: str, *, image_size: int | None = None, device: str | to
     from .device import resolve_device
 
     prefix, _, arg = spec.strip().partition(":")
+    if prefix == "safe":
+        from . import safe  # noqa: F401  registers the "safe" builder
     builder = ENCODER_REGISTRY.get(prefix)
     if builder is None:
         raise ProxyFDAError(f"unknown encoder spec '{spec}'; specs start with one of: {', '.join(list_encoders())}")

@@ -95,12 +95,7 @@ def open_clip_resnet(encoder: Encoder) -> nn.Module:
             f"SAFE fine-tunes the attention pooling of an open_clip ResNet image encoder, but '{encoder.spec}' is "
             f"{encoder.name} with a {type(visual).__name__} image tower; use an open_clip ResNet such as RN50: "
             "'open_clip:RN50:/path/to/weights'")
-    size = 32 * _pool_side(visual.attnpool)
-    if encoder.image_size != size:
-        raise ProxyFDAError(
-            f"the attention pooling of '{encoder.spec}' has positional embeddings for {size}px inputs, but the "
-            f"encoder was built for {encoder.image_size}px; build it at {size}px (leave image_size unset)")
-    return visual
+    return visual  # its input size always matches attnpool: create_encoder refuses other sizes
 
 
 def _pool_side(attnpool: nn.Module) -> int:
@@ -329,7 +324,7 @@ def apply_safe(encoder: Encoder, result: SafeResult) -> OpenClipEncoder:
     spec = f"safe:{result.path}" if result.path else f"{encoder.spec}+safe(beta={beta:g})"
     safe = OpenClipEncoder(spec, f"{encoder.name} + SAFE (β={beta:g})", SafeVisual(visual, head, beta),
                            feature_dim=encoder.feature_dim, image_size=encoder.image_size,
-                           pixel_norm=encoder.pixel_norm, clip_model=encoder.clip_model[0])
+                           pixel_norm=encoder.pixel_norm, clip_model=encoder.clip_model[0], arch=encoder.arch)
     return safe.to(encoder.device).eval()
 
 

@@ -175,8 +175,8 @@ def test_encoders_without_attention_pooling_are_refused(tmp_path, splits):
 
 
 def test_wrong_image_size_and_config_are_clear_errors(rn_spec, splits):
-    with pytest.raises(ProxyFDAError, match="positional embeddings for 64px inputs"):
-        dense_features(create_encoder(rn_spec, image_size=96), splits[1])
+    with pytest.raises(ProxyFDAError, match="takes 64 px inputs, not 96 px"):
+        create_encoder(rn_spec, image_size=96)
     with pytest.raises(ProxyFDAError, match="beta_grid"):
         SafeConfig(beta_grid=(0.0, 1.5))
     assert SafeConfig.from_dict(QUICK.to_dict()) == QUICK
