@@ -26,8 +26,20 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls, skip: tuple
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"(default: {f.default})")
+        kind = {"int": int, "float": float, "dict": _json_object}.get(str(f.type), str)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"(default: {json.dumps(default)})")
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object on the command line, e.g. --reg-options '{"k": 8, "weight": 2.0}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"k\": 8}}', got {text}")
+    return value
 
 
 def _config_from_args(config_cls, args: argparse.Namespace):
@@ -106,6 +118,27 @@ def cmd_finetune(args: argparse.Namespace) -> None:
           f"load it as 'run:{result.run_dir}'")
 
 
+def cmd_forgetting(args: argparse.Namespace) -> None:
+    from .forgetting import forgetting_report
+
+    report = forgetting_report(args.runs, progress=lambda message: print(message, file=sys.stderr))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'run':<28}{'method':<11}{'A_LP':>7}{'mean ΔLP':>10}{'OTDD':>8}{'L2':>8}")
+    for name, run in report["runs"].items():
+        print(f"{name:<28}{run['method']:<11}{100 * run['A_LP']:>7.1f}{100 * run['delta_LP']['mean']:>+10.1f}"
+              f"{run['otdd']['mean']:>8.3f}{run['l2']['mean']:>8.3f}")
+    print(f"wrote {out / 'report.json'}")
+
+
+def cmd_wise(args: argparse.Namespace) -> None:
+    from .training import wise_run
+
+    out = wise_run(args.run, args.alpha, args.out)
+    print(f"wrote WiSE-FT (alpha={args.alpha}) of {args.run} to {out}; load it as 'run:{out}'")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Build the default fine-tuned encoder and warm every cache the app's first page needs."""
     from .default import ensure_default_finetuned
@@ -163,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, FinetuneConfig)
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("forgetting", help="linear-probe forgetting (A_LP, ΔLP) and feature distances of runs")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories")
+    p.add_argument("--out", required=True, help="directory for report.json")
+    p.set_defaults(func=cmd_forgetting)
+
+    p = sub.add_parser("wise", help="WiSE-FT: interpolate a run's weights with its pre-trained encoder")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--alpha", type=float, default=0.5, help="0: pre-trained, 1: fine-tuned (default 0.5)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.set_defaults(func=cmd_wise)
 
     p = sub.add_parser("app", help="start the Streamlit app")
     p.add_argument("--port", type=int, default=8501)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,9 +69,15 @@ class DriftConfig(JsonConfig):
 
 @dataclass(frozen=True)
 class FinetuneConfig(JsonConfig):
-    """One fine-tuning run. Saved as ``config.json`` in the run directory."""
+    """One fine-tuning run. Saved as ``config.json`` in the run directory.
+
+    ``method`` is one of proxyfda.training.METHODS; ``reg_options`` are keyword options of its
+    regulariser (see proxyfda.losses, e.g. {"k": 8, "weight": 1.0} for fda), over the method's
+    defaults in proxyfda.training.METHOD_DEFAULTS.
+    """
 
     method: str = "naive"
+    reg_options: dict = field(default_factory=dict)
     base_encoder: str = DEFAULT_PRETRAINED
     data: str = "mnist:train"
     eval_data: str = "mnist:test"
@@ -86,6 +92,10 @@ class FinetuneConfig(JsonConfig):
     bn_mode: str = "frozen"
     eval_every: int = 50
     eval_size: int = 500
+    # "balanced": m classes × n images with hard class mining (FDA's batches); "epoch": shuffled
+    # epochs; "auto": balanced for the methods that build a kNN graph inside the batch.
+    sampler: str = "auto"
+    classes_per_batch: int = 16
     seed: int = 0
     device: str = "auto"
 
@@ -95,5 +105,9 @@ class FinetuneConfig(JsonConfig):
         for name in ("steps", "batch_size", "eval_every", "eval_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ProxyFDAError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.sampler not in ("auto", "balanced", "epoch"):
+            raise ProxyFDAError(f"sampler must be 'auto', 'balanced' or 'epoch', got '{self.sampler}'")
+        if not isinstance(self.reg_options, dict):
+            raise ProxyFDAError(f"reg_options must be a dict of regulariser options, got {self.reg_options!r}")
         if self.lr <= 0:
             raise ProxyFDAError(f"lr must be positive, got {self.lr}")

@@ -245,6 +245,7 @@ def _build_open_clip(arg: str, image_size: int | None, load_weights: bool, spec:
 
 RUN_CONFIG = "config.json"
 RUN_CHECKPOINT = "checkpoint.pt"
+RUN_SAFE = "safe.pt"  # what a SAFE run saves instead of a checkpoint
 
 
 @register_encoder("run")
@@ -255,6 +256,12 @@ def _build_run(arg: str, image_size: int | None, load_weights: bool, spec: str) 
         raise ProxyFDAError(f"'{run_dir}' is not a proxyfda run directory (no {RUN_CONFIG}); "
                             "runs are written by `proxyfda finetune --out DIR`")
     config = json.loads(config_path.read_text())
+    if config.get("method") == "safe":
+        if not (run_dir / RUN_SAFE).exists():
+            raise ProxyFDAError(f"SAFE run '{run_dir}' has no {RUN_SAFE}: it did not finish")
+        encoder = create_encoder(f"safe:{run_dir / RUN_SAFE}", image_size=image_size, load_weights=load_weights)
+        encoder.spec = spec
+        return encoder
     base = config["base_encoder"]
     encoder = create_encoder(base, image_size=image_size or config.get("image_size"), load_weights=False)
     encoder.spec = spec

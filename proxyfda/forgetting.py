@@ -129,3 +129,88 @@ def feature_l2(x_a: np.ndarray, x_b: np.ndarray) -> float:
     x_a, x_b = check_features(x_a, "x_a"), check_features(x_b, "x_b")
     check_same_n(x_a, x_b, "x_a", "x_b")
     return float(((_unit(x_a) - _unit(x_b)) ** 2).sum(1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# forgetting of fine-tuning runs
+
+#: the bundled sets a run is probed on when it was not fine-tuned on them, with their sample sizes
+HELD_OUT_SETS = {"fashion-mnist:test": 3000, "textiles:all": 1500, "digits:all": 1797, "mnist:test": 1000}
+
+
+def held_out_sets(task_data: str) -> dict[str, int]:
+    """Every bundled held-out set but the one the run was fine-tuned on."""
+    task = task_data.partition(":")[0]
+    return {spec: n for spec, n in HELD_OUT_SETS.items() if spec.partition(":")[0] != task}
+
+
+def _correlation(xs: list[float], ys: list[float]) -> dict[str, float] | None:
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None
+    return {"pearson": float(pearsonr(xs, ys)[0]), "spearman": float(spearmanr(xs, ys)[0]), "n_runs": len(xs)}
+
+
+def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, seed: int = 0,
+                      progress=None) -> dict:
+    """A_LP, ΔLP per held-out set (and their mean), OTDD and L2 feature distances, for each run.
+
+    With three runs or more, also the correlation of ΔLP with OTDD and with L2 across runs.
+    """
+    from pathlib import Path
+
+    from .config import FinetuneConfig
+    from .data import load_images
+    from .encoders import RUN_CONFIG, create_encoder
+    from .features import extract_features
+
+    say = progress or (lambda message: None)
+    image_cache: dict = {}
+    pre_cache: dict = {}
+
+    def images(spec: str, n: int | None):
+        if (spec, n) not in image_cache:
+            image_cache[spec, n] = load_images(spec, n=n, seed=seed)
+        return image_cache[spec, n]
+
+    def pre_probe(base: str, size: int, spec: str, n: int | None):
+        """Pre-trained features and probe accuracy, shared by runs with the same base encoder."""
+        key = (base, size, spec, n)
+        if key not in pre_cache:
+            data = images(spec, n)
+            feats = extract_features(create_encoder(base, image_size=size), data)
+            pre_cache[key] = (feats, probe_accuracy(feats, data.labels, seed=seed).accuracy)
+        return pre_cache[key]
+
+    runs: dict[str, dict] = {}
+    for run_dir in map(Path, run_dirs):
+        if not (run_dir / RUN_CONFIG).exists():
+            raise ProxyFDAError(f"'{run_dir}' is not a run directory (no {RUN_CONFIG})")
+        config = FinetuneConfig.load(run_dir / RUN_CONFIG)
+        say(f"{run_dir.name}: probing")
+        finetuned = create_encoder(f"run:{run_dir}")
+        size = finetuned.image_size
+        task = images(config.eval_data, None)
+        task_ft = extract_features(finetuned, task)
+        entry = {"method": config.method, "A_LP": probe_accuracy(task_ft, task.labels, seed=seed).accuracy,
+                 "A_LP_pretrained": pre_probe(config.base_encoder, size, config.eval_data, None)[1]}
+        delta, dist_ot, dist_l2 = {}, {}, {}
+        for spec, n in (held_out or held_out_sets(config.data)).items():
+            data = images(spec, n)
+            pre_feats, pre_acc = pre_probe(config.base_encoder, size, spec, n)
+            ft_feats = extract_features(finetuned, data)
+            delta[spec] = probe_accuracy(ft_feats, data.labels, seed=seed).accuracy - pre_acc
+            dist_ot[spec] = otdd(pre_feats, data.labels, ft_feats, data.labels, seed=seed)
+            dist_l2[spec] = feature_l2(pre_feats, ft_feats)
+        for table in (delta, dist_ot, dist_l2):
+            table["mean"] = float(np.mean(list(table.values())))
+        entry.update(delta_LP=delta, otdd=dist_ot, l2=dist_l2)
+        runs[run_dir.name] = entry
+    report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
+    deltas = [r["delta_LP"]["mean"] for r in runs.values()]
+    report["correlation_with_delta_LP"] = {
+        "otdd": _correlation([r["otdd"]["mean"] for r in runs.values()], deltas),
+        "l2": _correlation([r["l2"]["mean"] for r in runs.values()], deltas),
+    }
+    return report

@@ -1,0 +1,110 @@
+"""Does the method stop forgetting? A small reproduction of the paper's table on the offline default.
+
+EfficientNet-Lite0 (ImageNet weights) is fine-tuned on MNIST digits with each method and several
+seeds; every run is then probed on the held-out bundled sets (Fashion-MNIST, textiles, sklearn
+digits). Prints A_LP (task linear probe) and mean ΔLP (held-out probe change) as mean ± std over
+seeds, the feature distances (OTDD-style and L2), and how each distance correlates with ΔLP across
+runs (the paper's second finding).
+
+    python benchmarks/forgetting.py                      # full: 5 methods × 3 seeds × 300 steps
+    python benchmarks/forgetting.py --quick              # the CI configuration (minutes)
+    python benchmarks/forgetting.py --runs-dir runs/bench --reg-options '{"fda": {"k": 8}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proxyfda.config import FinetuneConfig  # noqa: E402
+from proxyfda.forgetting import forgetting_report  # noqa: E402
+from proxyfda.training import finetune  # noqa: E402
+
+FULL = {"methods": "naive,l2sp,ldifs,fda,proxy-fda", "seeds": "0,1,2", "steps": 300}
+QUICK = {"methods": "naive,proxy-fda", "seeds": "0", "steps": 40}
+QUICK_HELD_OUT = {"fashion-mnist:test": 600}
+
+
+def run_all(methods: list[str], seeds: list[int], base: FinetuneConfig, runs_dir: Path,
+            reg_options: dict) -> list[Path]:
+    """Fine-tune every (method, seed); a completed run directory is reused, not trained again."""
+    dirs = []
+    for method in methods:
+        for seed in seeds:
+            config = base.replace(method=method, seed=seed, reg_options=reg_options.get(method, {}))
+            run_dir = runs_dir / f"{method}-s{seed}"
+            summary = run_dir / "summary.json"
+            reuse = (summary.exists() and json.loads(summary.read_text())["status"] == "completed"
+                     and FinetuneConfig.load(run_dir / "config.json") == config)
+            if not reuse:
+                started = time.perf_counter()
+                result = finetune(config, run_dir)
+                print(f"  {run_dir.name}: {result.status}, task head accuracy {result.final_eval_accuracy:.3f}, "
+                      f"{time.perf_counter() - started:.0f} s", flush=True)
+            dirs.append(run_dir)
+    return dirs
+
+
+def summarise(report: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per method: (mean, std) over seeds of A_LP, mean ΔLP, OTDD and L2."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for run in report["runs"].values():
+        row = table.setdefault(run["method"], {"A_LP": [], "dLP": [], "otdd": [], "l2": []})
+        row["A_LP"].append(100 * run["A_LP"])
+        row["dLP"].append(100 * run["delta_LP"]["mean"])
+        row["otdd"].append(run["otdd"]["mean"])
+        row["l2"].append(run["l2"]["mean"])
+    return {m: {k: (float(np.mean(v)), float(np.std(v))) for k, v in row.items()} for m, row in table.items()}
+
+
+def print_table(report: dict) -> None:
+    summary = summarise(report)
+    print(f"\n{'method':<11}{'A_LP':>14}{'mean ΔLP':>16}{'OTDD':>14}{'L2':>14}")
+    for method, row in summary.items():
+        cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in ("A_LP", "dLP")]
+        cells += [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("otdd", "l2")]
+        print(f"{method:<11}{cells[0]:>14}{cells[1]:>16}{cells[2]:>14}{cells[3]:>14}")
+    print("held-out sets: " + ", ".join(report["held_out"]))
+    for name, corr in report["correlation_with_delta_LP"].items():
+        if corr:
+            print(f"correlation of ΔLP with {name}: Pearson {corr['pearson']:+.2f}, Spearman {corr['spearman']:+.2f} "
+                  f"over {corr['n_runs']} runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the small CI configuration")
+    parser.add_argument("--methods")
+    parser.add_argument("--seeds")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "forgetting"))
+    parser.add_argument("--reg-options", default="{}", help='JSON: {"fda": {"k": 8}, ...} per method')
+    parser.add_argument("--out", help="write report.json here")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    methods = (args.methods or preset["methods"]).split(",")
+    seeds = [int(s) for s in (args.seeds or preset["seeds"]).split(",")]
+    steps = args.steps or preset["steps"]
+    base = FinetuneConfig(steps=steps, eval_every=max(1, steps // 3))
+    runs_dir = Path(args.runs_dir) / ("quick" if args.quick else "full")
+    print(f"fine-tuning {base.base_encoder} on {base.data}: {', '.join(methods)} × seeds {seeds}, "
+          f"{steps} steps, batch {base.batch_size}, BatchNorm {base.bn_mode}", flush=True)
+    dirs = run_all(methods, seeds, base, runs_dir, json.loads(args.reg_options))
+    report = forgetting_report(dirs, held_out=QUICK_HELD_OUT if args.quick else None)
+    print_table(report)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
