@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
 from .knn import KnnGraph, knn_graph, resolve_backend
+from .validation import unit_rows
 
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
@@ -39,7 +40,6 @@ class DriftReport:
     metrics: dict[str, float | int | str]
     class_table: pd.DataFrame
     config: DriftConfig | None = None
-    extras: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -86,7 +86,8 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     graph_b = knn_graph(x_b, k, metric="cosine", backend=backend)
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
-    l2 = np.linalg.norm(_unit(x_a) - _unit(x_b), axis=1)
+    fix = "drop the images whose features are all zero"
+    l2 = np.linalg.norm(unit_rows(x_a, "x_a", fix) - unit_rows(x_b, "x_b", fix), axis=1)
     n = len(labels)
     metrics: dict[str, float | int | str] = {
         "n": n,
@@ -100,16 +101,12 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         "mean_l2_drift": float(l2.mean()),
     }
     if k < n / 2:  # the definition of trustworthiness needs it
-        metrics["trustworthiness"] = M.trustworthiness(x_a, x_b, k, metric="cosine")
-        metrics["continuity"] = M.continuity(x_a, x_b, k, metric="cosine")
+        metrics["trustworthiness"] = M.trustworthiness(x_a, x_b, k, metric="cosine", neighbours=graph_b.indices)
+        metrics["continuity"] = M.continuity(x_a, x_b, k, metric="cosine", neighbours=graph_a.indices)
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
     return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
                        overlap=overlap, jaccard=jaccard, l2_drift=l2, metrics=metrics, class_table=class_table,
                        config=config)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def load_drift_images(config: DriftConfig) -> ImageSet:

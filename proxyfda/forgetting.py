@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ProxyFDAError
-from .validation import check_features, check_same_n
+from .validation import check_features, check_same_n, unit_rows
 
 DEFAULT_CS = (0.1, 1.0, 10.0, 100.0)
 
@@ -26,8 +26,9 @@ class ProbeResult:
     val_accuracy: dict[float, float] = field(default_factory=dict)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _unit(x: np.ndarray, name: str) -> np.ndarray:
+    """Checked features with unit rows (probes and distances compare directions, not norms)."""
+    return unit_rows(check_features(x, name), name, "drop the images whose features are all zero")
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +48,7 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     """Logistic-regression probe: C chosen on a validation split of the training data, then refitted."""
     from sklearn.linear_model import LogisticRegression
 
-    x_train, x_test = _unit(check_features(x_train, "x_train")), _unit(check_features(x_test, "x_test"))
+    x_train, x_test = _unit(x_train, "x_train"), _unit(x_test, "x_test")
     if len(np.unique(y_train)) < 2:
         raise ProxyFDAError("a linear probe needs at least two classes in its training data")
     fit_idx, val_idx = stratified_split(y_train, 1.0 - val_fraction, seed)
@@ -100,7 +101,7 @@ def otdd(x_a: np.ndarray, labels_a: np.ndarray, x_b: np.ndarray, labels_b: np.nd
     """
     import ot
 
-    x_a, x_b = _unit(check_features(x_a, "x_a")), _unit(check_features(x_b, "x_b"))
+    x_a, x_b = _unit(x_a, "x_a"), _unit(x_b, "x_b")
     labels_a, labels_b = np.asarray(labels_a), np.asarray(labels_b)
     if len(labels_a) != len(x_a) or len(labels_b) != len(x_b):
         raise ProxyFDAError("otdd needs one label per feature row")
@@ -126,9 +127,9 @@ def otdd(x_a: np.ndarray, labels_a: np.ndarray, x_b: np.ndarray, labels_b: np.nd
 
 def feature_l2(x_a: np.ndarray, x_b: np.ndarray) -> float:
     """Mean squared distance between paired L2-normalised features (LDIFS's point-wise distance)."""
-    x_a, x_b = check_features(x_a, "x_a"), check_features(x_b, "x_b")
+    x_a, x_b = _unit(x_a, "x_a"), _unit(x_b, "x_b")
     check_same_n(x_a, x_b, "x_a", "x_b")
-    return float(((_unit(x_a) - _unit(x_b)) ** 2).sum(1).mean())
+    return float(((x_a - x_b) ** 2).sum(1).mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Input checks shared by `knn` and `metrics`: each failure raises a ProxyFDAError saying what to fix."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import ProxyFDAError
+
+#: how many offending row indices an error message lists
+_SHOW_ROWS = 5
+
+
+def check_features(x: Any, name: str = "x", dtype: type = np.float32) -> np.ndarray:
+    """`x` (numpy array or torch tensor, [N, d]) as a C-contiguous array of `dtype`, finite and 2D."""
+    arr = _to_numpy(x, name, dtype)
+    if arr.ndim != 2:
+        raise ProxyFDAError(f"{name} must be a 2D array [N points, d features], got shape {arr.shape}; "
+                            "reshape it (e.g. x.reshape(len(x), -1))")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ProxyFDAError(f"{name} is empty (shape {arr.shape}); it needs at least one point and one feature")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ProxyFDAError(f"{name} has {int(bad.sum())} row(s) with NaN or inf values {_rows(bad)}; "
+                            "drop or fix those points first")
+    return arr
+
+
+def unit_rows(x: np.ndarray, name: str, fix: str) -> np.ndarray:
+    """Rows of `x` scaled to unit L2 norm (same dtype); an all-zero row has no direction and is refused
+    with a message naming the rows and `fix`, what the user can do instead."""
+    norms = np.linalg.norm(x.astype(np.float64, copy=False), axis=1)
+    zero = ~(norms > 0)
+    if zero.any():
+        raise ProxyFDAError(f"{name} has {int(zero.sum())} all-zero row(s) {_rows(zero)}, which have no "
+                            f"direction to normalise: {fix}")
+    return (x / norms[:, None]).astype(x.dtype, copy=False)
+
+
+def check_same_n(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    """Both inputs must describe the same N points, row for row."""
+    if a.shape[0] != b.shape[0]:
+        raise ProxyFDAError(f"{name_a} has shape {a.shape} and {name_b} has shape {b.shape}: they must have the "
+                            "same number of rows (one per point, in the same order)")
+
+
+def check_k(k: Any, n: int) -> int:
+    """k as an int with 1 ≤ k ≤ n-1 (a point is never its own neighbour)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ProxyFDAError(f"k must be an integer, got {k!r}")
+    if k < 1:
+        raise ProxyFDAError(f"k must be at least 1, got k={k}")
+    if k >= n:
+        raise ProxyFDAError(f"k must be smaller than the number of points N={n}, pick k ≤ N-1 = {n - 1} "
+                            f"(got k={k})")
+    return int(k)
+
+
+def check_block_size(block_size: Any, default: int) -> int:
+    """Rows per block: `default` when None, else a positive integer."""
+    if block_size is None:
+        return default
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ProxyFDAError(f"block_size must be a positive integer (rows per block) or None for the default, "
+                            f"got {block_size!r}")
+    return int(block_size)
+
+
+def check_choice(value: Any, options: Iterable[str], what: str) -> str:
+    """`value` must be one of `options`; the message lists them."""
+    options = list(options)
+    if value not in options:
+        raise ProxyFDAError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, options))}")
+    return value
+
+
+def check_graph(idx: Any, name: str = "idx") -> np.ndarray:
+    """A kNN index array [N, k] of non-negative ints pointing at rows 0..N-1."""
+    arr = np.asarray(idx)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ProxyFDAError(f"{name} must be a kNN index array [N points, k neighbours], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ProxyFDAError(f"{name} must hold integer row indices, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= arr.shape[0]):
+        raise ProxyFDAError(f"{name} holds indices outside 0..N-1 = 0..{arr.shape[0] - 1} "
+                            f"(min {arr.min()}, max {arr.max()}); was it built on a different set of points?")
+    return arr
+
+
+def check_graphs(idx_a: Any, idx_b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Two kNN index arrays over the same points with the same k."""
+    a, b = check_graph(idx_a, "idx_a"), check_graph(idx_b, "idx_b")
+    if a.shape != b.shape:
+        raise ProxyFDAError(f"idx_a has shape {a.shape} and idx_b has shape {b.shape}: both graphs must cover "
+                            "the same N points with the same k")
+    return a, b
+
+
+def _to_numpy(x: Any, name: str, dtype: type) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
+        x = x.detach().cpu()
+        if not x.dtype.is_floating_point or x.dtype.itemsize < 4:  # e.g. bfloat16 has no numpy dtype
+            x = x.float()
+        x = x.numpy()
+    try:
+        return np.ascontiguousarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ProxyFDAError(f"{name} must be a numeric array or tensor [N, d]; could not convert it: {exc}") from exc
+
+
+def _rows(mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(map(str, rows[:_SHOW_ROWS]))
+    return f"(rows {shown}{', ...' if len(rows) > _SHOW_ROWS else ''})"

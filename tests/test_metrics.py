@@ -1,0 +1,265 @@
+"""Drift metrics against sklearn/scipy references and hand-built examples with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import procrustes
+from scipy.stats import ortho_group
+from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+from proxyfda import metrics as M
+from proxyfda.errors import ProxyFDAError
+from proxyfda.knn import knn_graph
+
+
+@pytest.fixture(scope="module")
+def spaces() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [60, 10]; a noisy 2D projection of it; an unrelated space of the same size."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 10))
+    projected = x[:, :2] + 0.3 * rng.standard_normal((60, 2))
+    unrelated = rng.standard_normal((60, 5))
+    return x, projected, unrelated
+
+
+def rotation(d: int, seed: int = 0) -> np.ndarray:
+    return ortho_group.rvs(d, random_state=seed)
+
+
+def sklearn_reference(x_ref: np.ndarray, x_other: np.ndarray, k: int, metric: str) -> float:
+    """sklearn's trustworthiness with `metric` in both spaces: sklearn finds x_other's neighbours by
+    euclidean distance, which on unit rows orders them as cosine does."""
+    if metric == "cosine":
+        x_other = x_other / np.linalg.norm(x_other, axis=1, keepdims=True)
+    return sk_trustworthiness(x_ref, x_other, n_neighbors=k, metric=metric)
+
+
+# ---------------------------------------------------------------- trustworthiness / continuity
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("k", [1, 5, 12])
+@pytest.mark.parametrize("other", ["projected", "unrelated"])
+def test_trustworthiness_equals_sklearn(spaces, metric, k, other):
+    x, y = spaces[0], spaces[1 if other == "projected" else 2]
+    ours = M.trustworthiness(x, y, k, metric=metric, block_size=7)
+    assert ours == pytest.approx(sklearn_reference(x, y, k, metric), abs=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("k", [3, 9])
+def test_continuity_is_trustworthiness_swapped(spaces, metric, k):
+    x, y, _ = spaces
+    assert M.continuity(x, y, k, metric=metric) == pytest.approx(sklearn_reference(y, x, k, metric), abs=1e-9)
+
+
+def test_block_size_does_not_change_the_result(spaces):
+    x, y, _ = spaces
+    values = {M.trustworthiness(x, y, 4, block_size=b) for b in (1, 7, 59, 60, 1000)}
+    assert max(values) - min(values) < 1e-12
+
+
+def test_given_neighbours_replace_the_search(spaces):
+    """A cosine graph of y reproduces the default; a euclidean one, sklearn's raw metric="cosine"."""
+    x, y, _ = spaces
+    cosine_graph = knn_graph(y, 8, metric="cosine").indices
+    assert M.trustworthiness(x, y, 5, metric="cosine", neighbours=cosine_graph) == pytest.approx(
+        M.trustworthiness(x, y, 5, metric="cosine"), abs=1e-12)
+    euclidean_graph = knn_graph(y, 5, metric="l2").indices
+    assert M.trustworthiness(x, y, 5, metric="cosine", neighbours=euclidean_graph) == pytest.approx(
+        sk_trustworthiness(x, y, n_neighbors=5, metric="cosine"), abs=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_identical_spaces_are_trustworthy(spaces, metric):
+    x = spaces[0]
+    assert M.trustworthiness(x, x, 5, metric=metric) == pytest.approx(1.0, abs=1e-12)
+    assert M.continuity(x, x, 5, metric=metric) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_trustworthiness_needs_k_below_half_n(spaces):
+    x, y, _ = spaces
+    with pytest.raises(ProxyFDAError, match=r"k < N/2 = 30"):
+        M.trustworthiness(x, y, 30)
+
+
+def test_trustworthiness_bad_inputs(spaces):
+    x, y, _ = spaces
+    with pytest.raises(ProxyFDAError, match=r"\(60, 10\).*\(59, 2\)"):
+        M.trustworthiness(x, y[:59], 3)
+    bad = y.copy()
+    bad[4, 0] = np.nan
+    with pytest.raises(ProxyFDAError, match=r"x_other has 1 row\(s\) with NaN or inf values \(rows 4\)"):
+        M.trustworthiness(x, bad, 3)
+    with pytest.raises(ProxyFDAError, match="unknown metric 'l1'"):
+        M.trustworthiness(x, y, 3, metric="l1")
+    with pytest.raises(ProxyFDAError, match="own neighbour"):
+        M.trustworthiness(x, y, 2, neighbours=np.tile(np.arange(60)[:, None], (1, 2)))
+    with pytest.raises(ProxyFDAError, match=r"x_ref has 1 row\(s\) with NaN"):  # names follow the roles
+        M.continuity(bad, y, 3)
+    zero = x.copy()
+    zero[[2, 5]] = 0.0
+    with pytest.raises(ProxyFDAError, match=r"x_ref has 2 all-zero row\(s\) \(rows 2, 5\).*metric='euclidean'"):
+        M.trustworthiness(zero, y, 3, metric="cosine")
+
+
+# ---------------------------------------------------------------- neighbourhood overlap
+
+
+def test_overlap_and_jaccard_hand_example():
+    idx_a = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2], [0, 1, 2], [0, 1, 2]])
+    idx_b = np.array([[3, 2, 1], [2, 3, 4], [4, 5, 0], [0, 1, 2], [3, 5, 2], [3, 4, 0]])
+    np.testing.assert_allclose(M.knn_overlap(idx_a, idx_b), [1, 2 / 3, 1 / 3, 1, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(M.jaccard(idx_a, idx_b), [1, 2 / 4, 1 / 5, 1, 1 / 5, 1 / 5])
+
+
+def test_identical_graphs_overlap_fully(spaces):
+    idx = knn_graph(spaces[0], 6).indices
+    shuffled = np.random.default_rng(0).permuted(idx, axis=1)
+    assert (M.knn_overlap(idx, shuffled) == 1).all()
+    assert (M.jaccard(idx, shuffled) == 1).all()
+
+
+def test_unrelated_spaces_overlap_at_chance():
+    rng = np.random.default_rng(3)
+    n, k = 2000, 10
+    idx_a = knn_graph(rng.standard_normal((n, 6)), k, metric="l2").indices
+    idx_b = knn_graph(rng.standard_normal((n, 6)), k, metric="l2").indices
+    overlap = M.knn_overlap(idx_a, idx_b)
+    standard_error = overlap.std() / np.sqrt(n)
+    assert M.overlap_random_baseline(k, n) == k / (n - 1)
+    assert abs(overlap.mean() - k / (n - 1)) < 4 * standard_error
+
+
+def test_neighbour_sets():
+    kept, lost, gained = M.neighbour_sets(np.array([5, 1, 7, 3]), np.array([3, 9, 5, 2]))
+    np.testing.assert_array_equal(kept, [5, 3])
+    np.testing.assert_array_equal(lost, [1, 7])
+    np.testing.assert_array_equal(gained, [9, 2])
+
+
+def test_overlap_bad_inputs():
+    idx = np.array([[1, 2], [0, 2], [0, 1]])
+    with pytest.raises(ProxyFDAError, match=r"\(3, 2\).*\(3, 1\)"):
+        M.knn_overlap(idx, idx[:, :1])
+    with pytest.raises(ProxyFDAError, match="outside 0..N-1"):
+        M.jaccard(idx, idx + 1)
+    with pytest.raises(ProxyFDAError, match="integer"):
+        M.knn_overlap(idx.astype(float), idx)
+    with pytest.raises(ProxyFDAError, match="N=10"):
+        M.overlap_random_baseline(10, 10)
+
+
+# ---------------------------------------------------------------- CKA, Procrustes, L2 drift
+
+
+def gram_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Reference linear CKA in its N×N (HSIC) form."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    gx, gy = x @ x.T, y @ y.T
+    return float((gx * gy).sum() / (np.linalg.norm(gx) * np.linalg.norm(gy)))
+
+
+def test_cka_matches_gram_form(spaces):
+    x, y, z = spaces
+    assert M.linear_cka(x, y) == pytest.approx(gram_cka(x, y), abs=1e-12)
+    assert M.linear_cka(x, z) == pytest.approx(gram_cka(x, z), abs=1e-12)
+
+
+def test_cka_identical_and_invariant(spaces):
+    x, y, _ = spaces
+    assert M.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    transformed = 3.5 * x @ rotation(10) + 7.0
+    assert M.linear_cka(x, transformed) == pytest.approx(1.0, abs=1e-12)
+    assert M.linear_cka(transformed, y) == pytest.approx(M.linear_cka(x, y), abs=1e-12)
+
+
+def test_procrustes_matches_scipy(spaces):
+    x, _, z = spaces
+    y = x[:, :4] @ rotation(4) + 0.5 * z[:, :4]
+    assert M.procrustes_disparity(x[:, :4], y) == pytest.approx(procrustes(x[:, :4], y)[2], abs=1e-12)
+
+
+def test_procrustes_pads_the_narrower_space(spaces):
+    x, y, _ = spaces
+    padded = np.pad(y, ((0, 0), (0, x.shape[1] - y.shape[1])))
+    assert M.procrustes_disparity(x, y) == pytest.approx(procrustes(x, padded)[2], abs=1e-12)
+    assert M.procrustes_disparity(y, x) == pytest.approx(procrustes(padded, x)[2], abs=1e-12)
+
+
+def test_procrustes_identical_and_invariant(spaces):
+    x, y, _ = spaces
+    assert M.procrustes_disparity(x, x) == pytest.approx(0.0, abs=1e-12)
+    moved = 0.2 * x @ rotation(10, seed=4) - 3.0
+    assert M.procrustes_disparity(x, moved) == pytest.approx(0.0, abs=1e-12)
+    assert M.procrustes_disparity(moved, y) == pytest.approx(M.procrustes_disparity(x, y), abs=1e-12)
+
+
+def test_mean_l2_drift_hand_example():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[0.0, 1.0], [0.0, 5.0]])
+    assert M.mean_l2_drift(a, b) == pytest.approx(np.sqrt(2) / 2)
+    assert M.mean_l2_drift(a, b, normalize=False) == pytest.approx((np.sqrt(2) + 3) / 2)
+    assert M.mean_l2_drift(a, a) == 0.0
+
+
+def test_global_metrics_bad_inputs(spaces):
+    x, y, _ = spaces
+    with pytest.raises(ProxyFDAError, match="all rows identical"):
+        M.linear_cka(np.ones((5, 3)), x[:5])
+    with pytest.raises(ProxyFDAError, match=r"\(60, 10\).*\(50, 2\)"):
+        M.procrustes_disparity(x, y[:50])
+    with pytest.raises(ProxyFDAError, match="same feature width"):
+        M.mean_l2_drift(x, y)
+    with pytest.raises(ProxyFDAError, match=r"x_b has 1 all-zero row\(s\) \(rows 0\).*normalize=False"):
+        M.mean_l2_drift(np.ones((2, 2)), np.array([[0.0, 0.0], [1.0, 1.0]]))
+
+
+# ---------------------------------------------------------------- per-class drift
+
+
+@pytest.fixture
+def two_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """6 points, classes [0 0 0 1 1 1], k=2; A: pure class neighbourhoods; B: a few swapped."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    idx_a = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]])
+    idx_b = np.array([[1, 3], [0, 2], [4, 5], [4, 5], [3, 5], [3, 0]])
+    return idx_a, idx_b, labels
+
+
+def test_class_composition(two_classes):
+    idx_a, idx_b, labels = two_classes
+    np.testing.assert_allclose(M.class_composition(idx_a, labels, 2), np.eye(2))
+    np.testing.assert_allclose(M.class_composition(idx_b, labels, 3),
+                               [[1 / 2, 1 / 2, 0], [1 / 6, 5 / 6, 0], [0, 0, 0]])
+
+
+def test_class_drift_hand_example(two_classes):
+    idx_a, idx_b, labels = two_classes
+    table = M.class_drift(idx_a, idx_b, labels, ["cat", "dog", "bird"])  # no bird in the sample
+    assert list(table.columns) == ["class", "n", "overlap_at_k", "same_class_a", "same_class_b", "composition_tv"]
+    assert table["class"].tolist() == ["cat", "dog"]
+    assert table["n"].tolist() == [3, 3]
+    np.testing.assert_allclose(table["overlap_at_k"], [(0.5 + 1 + 0) / 3, (1 + 1 + 0.5) / 3])
+    np.testing.assert_allclose(table["same_class_a"], [1, 1])
+    np.testing.assert_allclose(table["same_class_b"], [1 / 2, 5 / 6])
+    np.testing.assert_allclose(table["composition_tv"], [1 / 2, 1 / 6])
+
+
+def test_class_drift_without_names(two_classes):
+    idx_a, _, labels = two_classes
+    table = M.class_drift(idx_a, idx_a, labels)
+    assert table["class"].tolist() == [0, 1]
+    np.testing.assert_allclose(table[["overlap_at_k", "same_class_a", "same_class_b"]], 1.0)
+    np.testing.assert_allclose(table["composition_tv"], 0.0)
+
+
+def test_class_drift_bad_labels(two_classes):
+    idx_a, idx_b, labels = two_classes
+    with pytest.raises(ProxyFDAError, match=r"labels must lie in 0..1"):
+        M.class_drift(idx_a, idx_b, labels + 1, ["cat", "dog"])
+    with pytest.raises(ProxyFDAError, match="one class id per point"):
+        M.class_drift(idx_a, idx_b, labels[:5])
+    with pytest.raises(ProxyFDAError, match="integer class ids"):
+        M.class_drift(idx_a, idx_b, labels.astype(str))
