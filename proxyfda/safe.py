@@ -264,7 +264,7 @@ def _train(head: SafeHead, dense: torch.Tensor, labels: np.ndarray, classifier: 
     for step in range(config.steps):
         if stop is not None and stop.is_set():
             break
-        batch = sampler.next()
+        batch = sampler.next_batch()
         y = targets[batch].to(device)
         logits = zero_shot_logits(head.tuned(dense[batch].to(device)), classifier, config.logit_scale)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)

@@ -101,15 +101,17 @@ class EpochSampler:
 
 @torch.no_grad()
 def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
-    """Top-1 accuracy of encoder + head on ``images`` (eval mode, restored afterwards)."""
-    was_training = encoder.training
+    """Top-1 accuracy of encoder + head on ``images`` in eval mode; every module's mode is restored
+    afterwards (``encoder.train()`` would also unfreeze frozen BatchNorm layers)."""
+    modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
         idx = np.arange(start, min(start + batch_size, len(images)))
         logits = head(encoder(images.batch(idx, encoder.image_size).to(encoder.device)))
         correct += int((logits.argmax(1).cpu().numpy() == images.labels[idx]).sum())
-    encoder.train(was_training)
+    for module, training in modes:
+        module.training = training
     return correct / len(images)
 
 

@@ -69,3 +69,12 @@ def test_config_errors():
         FinetuneConfig(bn_mode="sometimes")
     with pytest.raises(ProxyFDAError, match="unknown fine-tuning method"):
         finetune(TINY_FINETUNE.replace(method="magic"), "/tmp/never-written")
+
+
+def test_frozen_batchnorm_stays_frozen_through_evaluations(tiny_run):
+    """Evaluations between steps must not put frozen BatchNorm layers back in train mode."""
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)["encoder"]
+    base = create_encoder("efficientnet-lite0", image_size=32).state_dict()
+    tracked = [k for k in state if k.endswith("num_batches_tracked")]
+    assert tracked and all(torch.equal(state[k], base[k]) for k in tracked)
+    assert all(torch.equal(state[k], base[k]) for k in state if "running_" in k)
