@@ -215,15 +215,16 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     else:
         head = nn.Linear(encoder.feature_dim, n_classes).to(device)
     regularizer = build_method_regularizer(config, encoder)
-    trainable = list(encoder.parameters()) + list(head.parameters())
+    groups = [{"params": list(encoder.parameters()) + list(head.parameters())}]
     generator_params: list[nn.Parameter] = []
     if regularizer is not None:
         regularizer = regularizer.to(device)
         regularizer.record_stats = False  # the training loop reads the loss terms, not the records
         generator_params = list(getattr(regularizer, "generator_parameters", list)())
         ids = {id(p) for p in generator_params}
-        trainable += [p for p in regularizer.parameters() if id(p) not in ids]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        # learnable τ / b: no weight decay, which would drag them toward τ = 1, b = 0
+        groups.append({"params": [p for p in regularizer.parameters() if id(p) not in ids], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     generator_opt = torch.optim.Adam(generator_params, lr=1e-3) if generator_params else None
     sampler = make_sampler(config, train_set, pre_features)
     set_train_mode(encoder, config.bn_mode)

@@ -1,0 +1,103 @@
+"""L2-SP, LDIFS and WiSE-FT against hand computations and exact end points."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from proxyfda.errors import ProxyFDAError
+from proxyfda.interpolation import wise_ft
+from proxyfda.losses import L2SPLoss, LDIFSLoss, build_regularizer
+
+
+def small_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+
+
+def test_l2sp_is_zero_at_the_reference_and_matches_a_hand_sum():
+    net = small_net()
+    reg = build_regularizer("l2sp", reference_state=net.state_dict(), alpha=0.5)
+    assert reg.input_kind == "model"
+    assert reg(net).item() == 0.0
+    with torch.no_grad():
+        net[0].weight.add_(0.1)
+        net[4].bias[0] -= 2.0
+    expected = 0.5 * (0.1 ** 2 * net[0].weight.numel() + 2.0 ** 2)
+    assert reg(net).item() == pytest.approx(expected, rel=1e-5)
+    assert reg.records["regularized"] == len(list(net.parameters()))
+
+
+def test_l2sp_skips_new_parameters_and_refuses_other_architectures():
+    net = small_net()
+    reg = L2SPLoss(net[:2].state_dict())
+    wrapped = nn.Sequential(*net[:2], nn.Linear(3, 3))
+    assert reg(wrapped).item() == 0.0 and reg.records["unregularized"] == 2
+    with pytest.raises(ProxyFDAError, match="none of the model's parameter names"):
+        reg(nn.ModuleDict({"fc": nn.Linear(2, 2)}))
+    with pytest.raises(ProxyFDAError, match="shape"):
+        reg(nn.Sequential(nn.Conv2d(3, 2, 3)))
+
+
+def test_ldifs_is_zero_for_identical_features_and_matches_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    feats, feats_pre = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    reg = LDIFSLoss(alpha=10.0)
+    assert reg(feats_pre, feats_pre).item() == 0.0
+    assert reg(3.0 * feats_pre, feats_pre).item() == pytest.approx(0.0, abs=1e-6)
+    a = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
+    b = feats_pre.numpy() / np.linalg.norm(feats_pre.numpy(), axis=1, keepdims=True)
+    expected = 10.0 * np.mean(np.sum((a - b) ** 2, axis=1))
+    assert reg(feats, feats_pre).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _trained_pair():
+    pre, ft = small_net(0), small_net(1)
+    ft.train()
+    ft(torch.randn(8, 3, 6, 6))  # moves the BatchNorm running statistics and num_batches_tracked
+    with torch.no_grad():
+        pre[1].running_mean.fill_(1.0)
+    return pre, ft
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_wise_ft_interpolates_parameters_and_buffers(alpha):
+    pre, ft = _trained_pair()
+    pre_state, ft_state = copy.deepcopy(pre.state_dict()), copy.deepcopy(ft.state_dict())
+    mixed = wise_ft(pre, ft, alpha).state_dict()
+    for name, value in mixed.items():
+        if name.endswith("num_batches_tracked"):
+            assert torch.equal(value, ft_state[name])
+        elif alpha == 0.0:
+            assert torch.equal(value, pre_state[name])
+        elif alpha == 1.0:
+            assert torch.equal(value, ft_state[name])
+        else:
+            torch.testing.assert_close(value, (pre_state[name] + ft_state[name]) / 2)
+    torch.testing.assert_close(mixed["1.running_mean"], (1 - alpha) * 1.0 + alpha * ft_state["1.running_mean"])
+    assert all(torch.equal(v, pre_state[k]) for k, v in pre.state_dict().items())  # inputs untouched
+    assert all(torch.equal(v, ft_state[k]) for k, v in ft.state_dict().items())
+
+
+def test_wise_ft_refuses_mismatched_models_and_bad_alpha():
+    pre, ft = _trained_pair()
+    with pytest.raises(ProxyFDAError, match="4.weight"):
+        wise_ft(pre, nn.Sequential(*list(ft)[:4]), 0.5)
+    other = small_net()
+    other[4] = nn.Linear(64, 7)
+    with pytest.raises(ProxyFDAError, match=r"4\.weight \(5, 64\) vs \(7, 64\)"):
+        wise_ft(pre, other, 0.5)
+    with pytest.raises(ProxyFDAError, match="alpha"):
+        wise_ft(pre, ft, 1.5)
+
+
+def test_wise_ft_drops_a_cached_weights_hash():
+    class HashedNet(nn.Sequential):
+        def invalidate_hash(self):
+            self.hash = None
+
+    pre, ft = HashedNet(nn.Linear(2, 2)), HashedNet(nn.Linear(2, 2))
+    ft.hash = "hash of the fine-tuned weights"
+    assert wise_ft(pre, ft, 0.5).hash is None

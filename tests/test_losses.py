@@ -1,0 +1,176 @@
+"""FDALoss against a hand computation, its gradients, its minimum, and the regulariser registry."""
+
+import math
+
+import pytest
+import torch
+
+from proxyfda.errors import ProxyFDAError
+from proxyfda.losses import FDALoss, RecordingLoss, build_regularizer, list_regularizers
+
+
+def _unit(row):
+    norm = math.sqrt(sum(v * v for v in row))
+    return [v / norm for v in row]
+
+
+def _cos(a, b):
+    return sum(u * v for u, v in zip(a, b))
+
+
+def _softplus(z):
+    return z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))
+
+
+def hand_fda(feats, feats_pre, k, tau, bias, threshold, negative_weight, reduction):
+    """The FDA definition written out pair by pair in plain Python."""
+    x = [_unit(r) for r in feats.tolist()]
+    xp = [_unit(r) for r in feats_pre.tolist()]
+    n = len(x)
+    total = 0.0
+    for i in range(n):
+        others = sorted((j for j in range(n) if j != i), key=lambda j: -_cos(xp[i], xp[j]))
+        neighbours = set(others[:k])
+        ranked = [_cos(xp[i], xp[j]) for j in others]
+        b = bias if threshold == "fixed" else bias + 0.5 * (ranked[k - 1] + ranked[k]) / tau
+        pos_sum = neg_sum = 0.0
+        for j in others:
+            w_hat = _cos(xp[i], xp[j])
+            if j in neighbours:
+                w = max(w_hat, 0.0)
+            else:
+                w = {"one": -1.0, "sim": -max(w_hat, 0.0), "one_minus_sim": -(1.0 - w_hat)}[negative_weight]
+            term = _softplus(w * (b - _cos(x[i], x[j]) / tau))
+            if j in neighbours:
+                pos_sum += term
+            else:
+                neg_sum += term
+        if reduction == "paper":
+            total += (pos_sum + neg_sum) / (n - 1)
+        else:
+            total += pos_sum / k + neg_sum / (n - 1 - k)
+    return total / n
+
+
+@pytest.fixture
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+
+
+@pytest.mark.parametrize("threshold,bias", [("fixed", 2.0), ("knn", 0.5)])
+@pytest.mark.parametrize("reduction", ["paper", "balanced"])
+@pytest.mark.parametrize("negative_weight", ["one", "sim", "one_minus_sim"])
+def test_fda_matches_hand_computation(tiny, negative_weight, reduction, threshold, bias):
+    feats, feats_pre = tiny
+    loss = FDALoss(k=2, tau=0.2, bias=bias, threshold=threshold, negative_weight=negative_weight,
+                   reduction=reduction, weight=1.0)(feats, feats_pre)
+    expected = hand_fda(feats, feats_pre, 2, 0.2, bias, threshold, negative_weight, reduction)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weight_scales_the_loss_and_terms_are_returned(tiny):
+    feats, feats_pre = tiny
+    plain = FDALoss(k=2)(feats, feats_pre)
+    terms = FDALoss(k=2, weight=3.0)(feats, feats_pre, return_terms=True)
+    assert terms["loss"].item() == pytest.approx(3.0 * plain.item(), rel=1e-6)
+    assert terms["fda"].item() == pytest.approx(plain.item(), rel=1e-6)
+    assert terms["fda"].item() == pytest.approx((terms["loss_pos"] + terms["loss_neg"]).item(), rel=1e-6)
+
+
+def test_gradient_reaches_finetuned_features_only(tiny):
+    feats, feats_pre = (t.clone().requires_grad_(True) for t in tiny)
+    FDALoss(k=2)(feats, feats_pre).backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+    assert feats_pre.grad is None
+
+
+def _two_clusters(noise=0.02, seed=0):
+    """Six points in two tight, mutually orthogonal clusters of three (K=2 neighbours = own cluster)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    return centres.repeat_interleave(3, 0) + noise * torch.randn(6, 4, generator=g)
+
+
+def test_identical_separated_spaces_sit_near_the_minimum_zero():
+    # The loss is a sum of softplus terms, so 0 is its infimum, approached when every neighbour is far
+    # above the threshold b·τ and every non-neighbour far below. Two orthogonal clusters with b·τ = 0.5
+    # give margins of ~0.5 = 5τ, so identical spaces cost about softplus(-5) per pair; mixing the
+    # clusters in the fine-tuned space must cost far more.
+    x = _two_clusters()
+    fda = FDALoss(k=2, tau=0.1, bias=5.0, threshold="fixed", negative_weight="one", reduction="balanced")
+    identical = fda(x, x).item()
+    assert identical < 2 * _softplus(-4.0)
+    mixed = x[[0, 3, 1, 4, 2, 5]]
+    assert fda(mixed, x).item() > 1.0
+
+
+def test_loss_only_sees_cosines_so_rotation_and_scale_of_the_finetuned_space_cost_nothing(tiny):
+    feats, feats_pre = tiny
+    rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)))
+    fda = FDALoss(k=2)
+    assert fda(3.0 * feats @ rotation, feats_pre).item() == pytest.approx(fda(feats, feats_pre).item(), rel=1e-5)
+
+
+def test_knn_threshold_puts_identical_spaces_on_the_right_side_of_every_pair():
+    # threshold="knn", bias=0: θ_i lies between the K-th and (K+1)-th pre-trained similarity, so with
+    # identical spaces every pair has w·(b − s/τ) ≤ 0, i.e. costs at most log 2, whatever the data.
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    terms = FDALoss(k=4, threshold="knn", bias=0.0, reduction="balanced")(x, x, return_terms=True)
+    assert terms["loss_pos"].item() <= math.log(2) + 1e-6
+    assert terms["loss_neg"].item() <= math.log(2) + 1e-6
+
+
+def test_k_must_be_smaller_than_the_batch(tiny):
+    feats, feats_pre = tiny
+    with pytest.raises(ProxyFDAError, match="k=6"):
+        FDALoss(k=6)(feats, feats_pre)
+
+
+def test_bad_inputs_are_refused_with_a_clear_error(tiny):
+    feats, feats_pre = tiny
+    with pytest.raises(ProxyFDAError, match="same shape"):
+        FDALoss(k=2)(feats, feats_pre[:5])
+    with pytest.raises(ProxyFDAError, match="NaN"):
+        FDALoss(k=2)(feats.index_fill(0, torch.tensor([1]), math.nan), feats_pre)
+    with pytest.raises(ProxyFDAError, match="negative_weight"):
+        FDALoss(negative_weight="minus")
+    with pytest.raises(ProxyFDAError, match="tau"):
+        FDALoss(tau=0.0)
+
+
+def test_learnable_tau_and_bias_get_gradients(tiny):
+    feats, feats_pre = tiny
+    fda = FDALoss(k=2, learn_tau=True, learn_bias=True)
+    assert {name for name, _ in fda.named_parameters()} == {"log_tau", "bias"}
+    fda(feats, feats_pre).backward()
+    assert fda.log_tau.grad.abs().item() > 0 and fda.bias.grad.abs().item() > 0
+    assert list(FDALoss(k=2).parameters()) == []
+
+
+def test_records_describe_the_pairs(tiny):
+    feats, feats_pre = tiny
+    fda = FDALoss(k=2, tau=0.2, bias=1.0, threshold="fixed")
+    fda(feats, feats_pre)
+    r = fda.records
+    assert r["pairs_per_anchor"] == (2, 3)
+    for name in ("pos_sim_ft", "neg_sim_ft", "pos_weight_mean", "loss_pos", "loss_neg"):
+        assert isinstance(r[name], float) and math.isfinite(r[name])
+    assert r["tau"] == pytest.approx(0.2) and r["bias"] == pytest.approx(1.0)
+    assert r["pos_weight_mean"] > 0
+
+
+def test_registry_lists_and_builds_every_regulariser():
+    assert set(list_regularizers()) >= {"naive", "l2sp", "ldifs", "fda", "proxy-fda"}
+    assert build_regularizer("naive") is None
+    fda = build_regularizer("fda", k=4, tau=0.05)
+    assert isinstance(fda, FDALoss) and isinstance(fda, RecordingLoss) and fda.k == 4
+    assert build_regularizer("proxy-fda", k=4, n_proxies=2).fda.k == 4
+    with pytest.raises(ProxyFDAError, match="unknown regulariser"):
+        build_regularizer("fdaa")
+    with pytest.raises(ProxyFDAError, match="no option"):
+        build_regularizer("fda", kk=4)
+    with pytest.raises(ProxyFDAError, match="no option"):
+        build_regularizer("proxy-fda", kk=4)
+    with pytest.raises(ProxyFDAError, match="reference_state"):
+        build_regularizer("l2sp")

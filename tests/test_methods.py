@@ -1,0 +1,109 @@
+"""Every fine-tuning method end to end on tiny real data, WiSE-FT runs, LP-FT's probe head, and the
+forgetting report over runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from proxyfda.data import load_images
+from proxyfda.encoders import create_encoder
+from proxyfda.errors import ProxyFDAError
+from proxyfda.features import extract_features
+from proxyfda.forgetting import forgetting_report
+from proxyfda.training import METHODS, finetune, linear_probe_head, wise_run
+
+from conftest import TINY_FINETUNE
+from test_zeroshot import tiny_clip_spec
+
+#: 20 = 10 digit classes × 2 images: the balanced sampler's batches for fda / proxy-fda
+TINY = TINY_FINETUNE.replace(steps=2, eval_every=2, batch_size=20, classes_per_batch=10)
+
+
+def history(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["naive", "l2sp", "ldifs", "lp-ft", "fda", "proxy-fda"])
+def test_each_method_runs_and_saves_a_loadable_encoder(method, tmp_path):
+    result = finetune(TINY.replace(method=method), tmp_path / method)
+    assert result.status == "completed" and result.steps_done == 2
+    train = [r for r in history(tmp_path / method) if r["kind"] == "train"]
+    if method in ("l2sp", "ldifs", "fda", "proxy-fda"):
+        assert "reg_loss" in train[0] and np.isfinite(train[0]["reg_loss"])
+    if method == "proxy-fda":
+        assert {"reg_generator", "reg_manifold", "reg_variance"} <= set(train[0])
+    if method == "l2sp":  # θ = θ0 before the first update
+        assert train[0]["reg_loss"] == 0.0 and train[1]["reg_loss"] > 0.0
+    fine = create_encoder(f"run:{tmp_path / method}")
+    assert fine.weights_hash() != create_encoder("efficientnet-lite0", image_size=32).weights_hash()
+
+
+def test_regulariser_options_reach_the_module_and_bad_ones_fail(tmp_path):
+    with pytest.raises(ProxyFDAError, match="no regulariser"):
+        finetune(TINY.replace(reg_options={"alpha": 1.0}), tmp_path / "naive")
+    with pytest.raises(ProxyFDAError):
+        finetune(TINY.replace(method="fda", reg_options={"no_such_option": 1}), tmp_path / "fda")
+    result = finetune(TINY.replace(method="l2sp", reg_options={"alpha": 0.0}), tmp_path / "l2sp0")
+    assert all(r.get("reg_loss", 0.0) == 0.0 for r in history(result.run_dir))
+    assert sorted(METHODS) == sorted(["naive", "l2sp", "ldifs", "lp-ft", "fda", "proxy-fda", "safe"])
+
+
+def test_lp_ft_head_predicts_like_the_probe():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(90, 6)) + np.repeat(np.eye(3, 6) * 4, 30, axis=0)
+    labels = np.repeat(np.array([0, 2, 4]), 30)  # classes 1 and 3 are absent
+    head = linear_probe_head(features, labels, n_classes=5)
+    from sklearn.linear_model import LogisticRegression
+
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(features, labels).predict(features)
+    with torch.no_grad():
+        predicted = head(torch.from_numpy(features).float()).argmax(1).numpy()
+    np.testing.assert_array_equal(predicted, reference)
+    binary = linear_probe_head(features[:60], labels[:60], n_classes=3)
+    with torch.no_grad():
+        assert (binary(torch.from_numpy(features[:60]).float()).argmax(1).numpy() == labels[:60]).mean() > 0.9
+
+
+def test_wise_ft_runs_interpolate_for_real(tiny_run, tmp_path):
+    base = create_encoder("efficientnet-lite0", image_size=32)
+    fine = create_encoder(f"run:{tiny_run}")
+    at0 = create_encoder(f"run:{wise_run(tiny_run, 0.0, tmp_path / 'w0')}")
+    at1 = create_encoder(f"run:{wise_run(tiny_run, 1.0, tmp_path / 'w1')}")
+    half = create_encoder(f"run:{wise_run(tiny_run, 0.5, tmp_path / 'w5')}")
+    assert at0.weights_hash() == base.weights_hash() and at1.weights_hash() == fine.weights_hash()
+    key = "backbone._conv_head.weight"
+    expected = 0.5 * (base.state_dict()[key] + fine.state_dict()[key])
+    torch.testing.assert_close(half.state_dict()[key], expected)
+    assert json.loads((tmp_path / "w5" / "wise.json").read_text())["alpha"] == 0.5
+
+
+def test_safe_method_through_the_engine(tmp_path):
+    spec = tiny_clip_spec(tmp_path, "rn")
+    config = TINY.replace(method="safe", base_encoder=spec, steps=3, batch_size=8, eval_size=30)
+    result = finetune(config, tmp_path / "safe")
+    assert result.status == "completed" and result.steps_done == 3
+    encoder = create_encoder(f"run:{tmp_path / 'safe'}")
+    base = create_encoder(spec)
+    outside = {k: v for k, v in encoder.state_dict().items() if "attnpool" not in k and "head" not in k}
+    assert outside and encoder.weights_hash() != base.weights_hash()
+    images = load_images("digits:test", n=8)
+    assert extract_features(encoder, images, use_cache=False).shape == (8, base.feature_dim)
+    with pytest.raises(ProxyFDAError, match="open_clip ResNet"):
+        finetune(TINY.replace(method="safe"), tmp_path / "safe-on-efficientnet")
+
+
+def test_forgetting_report_over_runs(tiny_run, tmp_path):
+    wise = wise_run(tiny_run, 0.0, tmp_path / "wise0")  # the pre-trained weights: nothing forgotten
+    held_out = {"fashion-mnist:test": 120}
+    report = forgetting_report([tiny_run, wise], held_out=held_out)
+    run, same = report["runs"][tiny_run.name], report["runs"]["wise0"]
+    assert 0.0 <= run["A_LP"] <= 1.0 and set(run["delta_LP"]) == {"fashion-mnist:test", "mean"}
+    assert same["delta_LP"]["mean"] == 0.0 and same["l2"]["mean"] == 0.0
+    assert same["otdd"]["mean"] == pytest.approx(0.0, abs=1e-3)
+    assert run["l2"]["mean"] > 0.0 and run["otdd"]["mean"] > 0.0
+    assert report["held_out"] == ["fashion-mnist:test"]
+    assert report["correlation_with_delta_LP"] == {"otdd": None, "l2": None}  # needs three runs
