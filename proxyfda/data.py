@@ -20,7 +20,6 @@ import gzip
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ProxyFDAError
+from .registry import Registry
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test", "all")
@@ -111,21 +111,13 @@ def _read_square(path: Path, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # bundled data sets
 
-DATASET_REGISTRY: dict[str, Callable[[str], ImageSet]] = {}
-
-
-def register_dataset(name: str):
-    """Register a loader ``loader(split) -> ImageSet`` under ``name``."""
-
-    def wrap(loader):
-        DATASET_REGISTRY[name] = loader
-        return loader
-
-    return wrap
+#: name -> loader(split) -> ImageSet
+DATASET_REGISTRY = Registry()
+register_dataset = DATASET_REGISTRY.register
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASET_REGISTRY)
+    return DATASET_REGISTRY.names()
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:

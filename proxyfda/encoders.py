@@ -26,30 +26,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import torch
 from torch import nn
 
 from .errors import ProxyFDAError
+from .registry import Registry
 
-#: name prefix -> builder(argument after the first ':', image_size, load_weights) -> Encoder
-ENCODER_REGISTRY: dict[str, Callable[..., "Encoder"]] = {}
-
-
-def register_encoder(prefix: str):
-    """Register a builder for specs that start with ``prefix`` (timm-style decorator)."""
-
-    def wrap(builder):
-        ENCODER_REGISTRY[prefix] = builder
-        return builder
-
-    return wrap
+#: name prefix -> builder(argument after the first ':', image_size, load_weights, spec) -> Encoder
+ENCODER_REGISTRY = Registry()
+register_encoder = ENCODER_REGISTRY.register
 
 
 def list_encoders() -> list[str]:
     """Spec prefixes this installation knows."""
-    return sorted(ENCODER_REGISTRY)
+    return ENCODER_REGISTRY.names()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import math
 import random
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -145,7 +146,11 @@ def linear_probe_head(features: np.ndarray, labels: np.ndarray, n_classes: int) 
     """LP-FT's first stage: a logistic-regression head fitted on frozen pre-trained features."""
     from sklearn.linear_model import LogisticRegression
 
-    probe = LogisticRegression(C=1.0, max_iter=2000).fit(features, labels)
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # a starting point for fine-tuning: it need not be polished
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe = LogisticRegression(C=1.0, max_iter=300).fit(features, labels)
     coef, intercept = probe.coef_, probe.intercept_
     if len(probe.classes_) == 2:  # sklearn keeps one row for binary problems: the second class's logit
         coef, intercept = np.concatenate([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ProxyFDAError
+from ..registry import Registry
 
 #: name -> factory(**options) returning a RecordingLoss, or None for "no regulariser"
-REGULARIZERS: dict[str, Callable[..., "RecordingLoss | None"]] = {}
+REGULARIZERS = Registry()
 
 
 class RecordingLoss(nn.Module):
@@ -63,20 +64,13 @@ class RecordingLoss(nn.Module):
         return _keyword_names(cls.__init__)
 
 
-def register_regularizer(name: str) -> Callable:
-    """Register a factory (a RecordingLoss class or a function) under ``name`` (timm-style decorator)."""
-
-    def wrap(factory: Callable) -> Callable:
-        REGULARIZERS[name] = factory
-        return factory
-
-    return wrap
+register_regularizer = REGULARIZERS.register
 
 
 def list_regularizers() -> list[str]:
     """Names `build_regularizer` accepts."""
     _load_builtin()
-    return sorted(REGULARIZERS)
+    return REGULARIZERS.names()
 
 
 def build_regularizer(name: str, **options: Any) -> "RecordingLoss | None":
