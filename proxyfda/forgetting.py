@@ -163,7 +163,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
 
     from .config import FinetuneConfig
     from .data import load_images
-    from .encoders import RUN_CONFIG, create_encoder
+    from .encoders import RUN_CONFIG, OpenClipEncoder, create_encoder
     from .features import extract_features
 
     say = progress or (lambda message: None)
@@ -207,6 +207,10 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         for table in (delta, dist_ot, dist_l2):
             table["mean"] = float(np.mean(list(table.values())))
         entry.update(delta_LP=delta, otdd=dist_ot, l2=dist_l2)
+        if isinstance(finetuned, OpenClipEncoder):  # a text tower: zero-shot accuracy is a second measure
+            entry["zero_shot"] = _zero_shot(create_encoder(config.base_encoder), finetuned,
+                                            {spec: images(spec, n) for spec, n in
+                                             (held_out or held_out_sets(config.data)).items()})
         runs[run_dir.name] = entry
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
     deltas = [r["delta_LP"]["mean"] for r in runs.values()]
@@ -215,3 +219,15 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         "l2": _correlation([r["l2"]["mean"] for r in runs.values()], deltas),
     }
     return report
+
+
+def _zero_shot(pretrained, finetuned, sets: dict) -> dict[str, dict[str, float]]:
+    """Zero-shot accuracy of both CLIP encoders on each set, with the text tower as classifier."""
+    from .zeroshot import text_classifier, zero_shot_accuracy
+
+    result = {}
+    for spec, data in sets.items():
+        before = zero_shot_accuracy(pretrained, data, text_classifier(pretrained, data.class_names))
+        after = zero_shot_accuracy(finetuned, data, text_classifier(finetuned, data.class_names))
+        result[spec] = {"pretrained": before, "finetuned": after, "delta": after - before}
+    return result

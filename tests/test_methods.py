@@ -94,6 +94,11 @@ def test_safe_method_through_the_engine(tmp_path):
     assert extract_features(encoder, images, use_cache=False).shape == (8, base.feature_dim)
     with pytest.raises(ProxyFDAError, match="open_clip ResNet"):
         finetune(TINY.replace(method="safe"), tmp_path / "safe-on-efficientnet")
+    # a CLIP run is also measured zero-shot with its text tower
+    report = forgetting_report([tmp_path / "safe"], held_out={"digits:test": 40})
+    zero_shot = report["runs"]["safe"]["zero_shot"]["digits:test"]
+    assert 0.0 <= zero_shot["pretrained"] <= 1.0 and 0.0 <= zero_shot["finetuned"] <= 1.0
+    assert zero_shot["delta"] == pytest.approx(zero_shot["finetuned"] - zero_shot["pretrained"])
 
 
 def test_forgetting_report_over_runs(tiny_run, tmp_path):
