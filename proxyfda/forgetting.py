@@ -197,7 +197,8 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         entry = {"method": config.method, "A_LP": probe_accuracy(task_ft, task.labels, seed=seed).accuracy,
                  "A_LP_pretrained": pre_probe(config.base_encoder, size, config.eval_data, None)[1]}
         delta, dist_ot, dist_l2 = {}, {}, {}
-        for spec, n in (held_out or held_out_sets(config.data)).items():
+        sets = held_out or held_out_sets(config.data)
+        for spec, n in sets.items():
             data = images(spec, n)
             pre_feats, pre_acc = pre_probe(config.base_encoder, size, spec, n)
             ft_feats = extract_features(finetuned, data)
@@ -209,8 +210,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         entry.update(delta_LP=delta, otdd=dist_ot, l2=dist_l2)
         if isinstance(finetuned, OpenClipEncoder):  # a text tower: zero-shot accuracy is a second measure
             entry["zero_shot"] = _zero_shot(create_encoder(config.base_encoder), finetuned,
-                                            {spec: images(spec, n) for spec, n in
-                                             (held_out or held_out_sets(config.data)).items()})
+                                            {spec: images(spec, n) for spec, n in sets.items()})
         runs[run_dir.name] = entry
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
     deltas = [r["delta_LP"]["mean"] for r in runs.values()]
