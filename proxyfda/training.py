@@ -250,16 +250,12 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             feats = encoder(pixels)
             task = F.cross_entropy(head(feats), labels)
             terms: dict = {}
-            if regularizer is None:
-                loss = task
-            elif regularizer.input_kind == "model":
-                terms = regularizer(encoder, return_terms=True)
-                loss = task + terms["loss"]
-            else:
-                terms = regularizer(feats, pre_table[torch.from_numpy(idx).to(device)], return_terms=True)
-                loss = task + terms["loss"]
-            if "generator" in terms:  # computed on detached features: it trains the generator only
-                loss = loss + terms["generator"]
+            if regularizer is not None:
+                inputs = ((encoder,) if regularizer.input_kind == "model"
+                          else (feats, pre_table[torch.from_numpy(idx).to(device)]))
+                terms = regularizer(*inputs, return_terms=True)
+            # the generator's term is computed on detached features: it trains the generator only
+            loss = task + terms.get("loss", 0.0) + terms.get("generator", 0.0)
 
             optimizer.zero_grad(set_to_none=True)
             if generator_opt is not None:
@@ -336,6 +332,4 @@ def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
     atomic_write_bytes(out_dir / RUN_CHECKPOINT, lambda handle: torch.save(
         {"encoder": mixed.state_dict(), "head": state["head"], "step": state["step"]}, handle))
     (out_dir / "wise.json").write_text(json.dumps({"source": str(run_dir), "alpha": alpha}, indent=2) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps({"status": "completed", "steps_done": state["step"],
-                                                      "final_eval_accuracy": None, "wise_alpha": alpha}) + "\n")
-    return out_dir
+    return _finish(out_dir, "completed", state["step"], None).run_dir
