@@ -168,7 +168,14 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
 
     say = progress or (lambda message: None)
     image_cache: dict = {}
+    encoder_cache: dict = {}
     pre_cache: dict = {}
+
+    def pretrained(base: str, size: int | None):
+        """One pre-trained encoder per (spec, resolution), shared by runs and held-out sets."""
+        if (base, size) not in encoder_cache:
+            encoder_cache[base, size] = create_encoder(base, image_size=size)
+        return encoder_cache[base, size]
 
     def images(spec: str, n: int | None):
         if (spec, n) not in image_cache:
@@ -180,7 +187,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         key = (base, size, spec, n)
         if key not in pre_cache:
             data = images(spec, n)
-            feats = extract_features(create_encoder(base, image_size=size), data)
+            feats = extract_features(pretrained(base, size), data)
             pre_cache[key] = (feats, probe_accuracy(feats, data.labels, seed=seed).accuracy)
         return pre_cache[key]
 
@@ -209,7 +216,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
             table["mean"] = float(np.mean(list(table.values())))
         entry.update(delta_LP=delta, otdd=dist_ot, l2=dist_l2)
         if isinstance(finetuned, OpenClipEncoder):  # a text tower: zero-shot accuracy is a second measure
-            entry["zero_shot"] = _zero_shot(create_encoder(config.base_encoder), finetuned,
+            entry["zero_shot"] = _zero_shot(pretrained(config.base_encoder, size), finetuned,
                                             {spec: images(spec, n) for spec, n in sets.items()})
         runs[run_dir.name] = entry
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
