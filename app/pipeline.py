@@ -13,19 +13,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import streamlit as st
 
+from proxyfda import projection
 from proxyfda.config import DEFAULT_FINETUNED, DriftConfig
 from proxyfda.data import ImageSet, load_images
-from proxyfda.default import default_finetuned_ready, ensure_default_finetuned, resolve_finetuned_spec
-from proxyfda.device import default_device
-from proxyfda.drift import DriftReport, compute_drift
-from proxyfda.encoders import Encoder, create_encoder
-from proxyfda.features import extract_features
-from proxyfda import projection
+from proxyfda.drift import DriftReport, compute_drift, drift_features
+from proxyfda.runs import default_run_ready
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def get_encoder(spec: str, image_size: int) -> Encoder:
-    return create_encoder(resolve_finetuned_spec(spec), image_size=image_size or None, device=default_device())
+def get_encoder(spec: str, image_size: int | None):
+    """A shared, read-only encoder (never one being fine-tuned) on the fastest device."""
+    from proxyfda.device import default_device
+    from proxyfda.encoders import create_encoder
+
+    return create_encoder(spec, image_size=image_size, device=default_device())
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
@@ -42,11 +43,13 @@ def get_report(_x_a: np.ndarray, _x_b: np.ndarray, key: tuple, labels: np.ndarra
 
 def ensure_default_encoder() -> None:
     """Build the default fine-tuned encoder on first launch, showing its progress (never an empty page)."""
-    if default_finetuned_ready():
+    if default_run_ready():
         return
-    from proxyfda import default
+    from proxyfda.default import ensure_default_finetuned
+    from proxyfda.methods import resolve_config
+    from proxyfda.runs import DEFAULT_FINETUNE
 
-    total = default.DEFAULT_FINETUNE.steps
+    total = resolve_config(DEFAULT_FINETUNE).steps
     with st.status("First launch: fine-tuning the default encoder (EfficientNet-Lite0 on MNIST digits, "
                    f"{total} steps, about two minutes on a CPU). It is cached for every later start.",
                    expanded=True) as status:
@@ -62,26 +65,18 @@ def ensure_default_encoder() -> None:
         status.update(label="Default fine-tuned encoder ready", state="complete", expanded=False)
 
 
-def features_with_progress(spec: str, images: ImageSet, image_size: int, label: str) -> np.ndarray:
-    """Features from the disk cache, or computed with a progress bar."""
-    encoder = get_encoder(spec, image_size)
+def load_features(config: DriftConfig, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Both encoders' features through the library's drift route, with a progress bar while embedding."""
+    if config.finetuned.strip() == DEFAULT_FINETUNED or config.pretrained.strip() == DEFAULT_FINETUNED:
+        ensure_default_encoder()
     placeholder = st.empty()
 
-    def progress(done: int, total: int) -> None:
-        if done < total:
-            placeholder.progress(done / total, text=f"Embedding {total} images with the {label} encoder: {done}/{total}")
+    def progress(message: str, fraction: float) -> None:
+        placeholder.progress(min(fraction, 1.0), text=message)
 
-    features = extract_features(encoder, images, progress=progress)
+    features = drift_features(config, images, progress=progress, make_encoder=get_encoder)
     placeholder.empty()
     return features
-
-
-def load_features(config: DriftConfig, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
-    if config.finetuned.strip() == DEFAULT_FINETUNED:
-        ensure_default_encoder()
-    x_a = features_with_progress(config.pretrained, images, config.image_size, "pre-trained")
-    x_b = features_with_progress(config.finetuned, images, config.image_size, "fine-tuned")
-    return x_a, x_b
 
 
 # ---------------------------------------------------------------------------------------------

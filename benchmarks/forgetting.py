@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from proxyfda.config import FinetuneConfig  # noqa: E402
 from proxyfda.forgetting import forgetting_report  # noqa: E402
+from proxyfda.methods import resolve_config  # noqa: E402
+from proxyfda.runs import CONFIG, Run  # noqa: E402
 from proxyfda.training import finetune  # noqa: E402
 
 FULL = {"methods": "naive,l2sp,ldifs,fda,proxy-fda", "seeds": "0,1,2", "steps": 300}
@@ -41,9 +43,8 @@ def run_all(methods: list[str], seeds: list[int], base: FinetuneConfig, runs_dir
         for seed in seeds:
             config = base.replace(method=method, seed=seed, reg_options=reg_options.get(method, {}))
             run_dir = runs_dir / f"{method}-s{seed}"
-            summary = run_dir / "summary.json"
-            reuse = (summary.exists() and json.loads(summary.read_text())["status"] == "completed"
-                     and FinetuneConfig.load(run_dir / "config.json") == config)
+            reuse = ((run_dir / CONFIG).exists() and Run.open(run_dir).status == "completed"
+                     and Run.open(run_dir).config == resolve_config(config))
             if not reuse:
                 started = time.perf_counter()
                 result = finetune(config, run_dir)

@@ -13,7 +13,6 @@ for Proxy-FDA.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxyfda.config import FinetuneConfig  # noqa: E402
+from proxyfda.runs import Run  # noqa: E402
 from proxyfda.training import finetune  # noqa: E402
 
 WARMUP_STEPS = 2
@@ -30,7 +30,7 @@ WARMUP_STEPS = 2
 
 def step_times(config: FinetuneConfig, run_dir: Path) -> list[float]:
     finetune(config, run_dir)
-    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    records = Run.open(run_dir).records()
     return [r["seconds"] for r in records if r["kind"] == "train"][WARMUP_STEPS:]
 
 

@@ -6,29 +6,47 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import DriftConfig, FinetuneConfig
+from .config import BN_MODES, KNN_BACKENDS, PROJECTION_METHODS, SAMPLERS, DriftConfig, FinetuneConfig
 from .errors import ProxyFDAError
+from .methods import METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP_ENTRY = REPO_ROOT / "app" / "main.py"
 
 
-def _add_config_options(parser: argparse.ArgumentParser, config_cls, skip: tuple[str, ...] = ()) -> None:
+#: config fields with a fixed set of values: --help lists them and argparse refuses others
+CHOICES = {"method": tuple(METHODS), "bn_mode": BN_MODES, "sampler": SAMPLERS, "knn_backend": KNN_BACKENDS,
+           "projection": PROJECTION_METHODS}
+#: fields whose None default means "the method's own"
+METHOD_DEFAULT_HELP = "(default: the method's own; naive and the regularised methods: {}, safe: {})"
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
     """One ``--option`` per config field, typed and defaulted from the dataclass itself."""
+    from .methods import SAFE_TRAINING_DEFAULTS, TRAINING_DEFAULTS
+
     for f in dataclasses.fields(config_cls):
-        if f.name in skip:
-            continue
         flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float, "dict": _json_object}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "dict": _json_object}.get(str(f.type).removesuffix(" | None"), str)
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f"(default: {json.dumps(default)})")
+        if default is None and f.name in TRAINING_DEFAULTS:
+            help_text = METHOD_DEFAULT_HELP.format(TRAINING_DEFAULTS[f.name], SAFE_TRAINING_DEFAULTS[f.name])
+        else:
+            help_text = f"(default: {json.dumps(default)})"
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name),
+                            help=help_text)
+
+
+def _methods_epilog() -> str:
+    rows = "\n".join(f"  {m.name:<10} {m.summary}" for m in METHODS.values())
+    return (f"methods:\n{rows}\n\n--reg-options takes the method's options as JSON, e.g. "
+            "'{\"k\": 8, \"weight\": 2.0}' for fda; docs/METHOD.md explains each.")
 
 
 def _json_object(text: str) -> dict:
@@ -45,6 +63,21 @@ def _json_object(text: str) -> dict:
 def _config_from_args(config_cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(config_cls)}
     return config_cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+class _StageBar:
+    """A tqdm bar driven by (stage message, fraction done) callbacks."""
+
+    def __init__(self):
+        self.bar = tqdm(total=100, bar_format="{percentage:3.0f}%|{bar:20}| {desc} [{elapsed}<{remaining}]")
+
+    def __call__(self, message: str, fraction: float) -> None:
+        self.bar.n = int(100 * fraction)
+        self.bar.set_description_str(message)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Bar:
@@ -64,8 +97,10 @@ class _Bar:
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from .data import load_images
+    from .default import ensure_default_for
     from .drift import encoder_features
 
+    ensure_default_for([args.encoder], _finetune_printer("default fine-tune"))
     images = load_images(args.data, n=args.n or None, seed=args.seed)
     bar = _Bar(f"embed {args.encoder}")
     features = encoder_features(args.encoder, images, args.image_size, progress=bar)
@@ -77,30 +112,40 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote {out} {features.shape} and {out.stem}.labels.npy; {len(images.skipped)} files skipped")
 
 
-def _finetune_printer():
-    bar = tqdm(desc="fine-tune", unit="step", leave=False)
+def _finetune_printer(desc: str = "fine-tune", total: int | None = None):
+    """A callback for fine-tuning records: a step bar (opened at the first record) and eval lines."""
+    bar = None
 
     def callback(record: dict) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=desc, unit="step", total=total or _default_steps(), leave=False)
         if record["kind"] == "train":
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if bar.n == bar.total:
+                bar.close()
         else:
             tqdm.write(f"step {record['step']}: eval accuracy {record['accuracy']:.3f}")
 
-    return bar, callback
+    return callback
+
+
+def _default_steps() -> int:
+    from .methods import resolve_config
+    from .runs import DEFAULT_FINETUNE
+
+    return resolve_config(DEFAULT_FINETUNE).steps
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
+    from .default import ensure_default_for
     from .drift import run_drift
 
     config = _config_from_args(DriftConfig, args)
-    bar = tqdm(total=100, bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
-
-    def progress(message: str, fraction: float) -> None:
-        bar.n = int(100 * fraction)
-        bar.set_description_str(message)
-
-    images, report = run_drift(config, progress=progress)
+    ensure_default_for([config.pretrained, config.finetuned], _finetune_printer("default fine-tune"))
+    bar = _StageBar()
+    images, report = run_drift(config, progress=bar)
     bar.close()
     out = report.save(args.out)
     print(json.dumps(report.metrics, indent=2))
@@ -108,12 +153,13 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from .default import ensure_default_for
+    from .methods import resolve_config
     from .training import finetune
 
     config = _config_from_args(FinetuneConfig, args)
-    bar, callback = _finetune_printer()
-    result = finetune(config, args.out, callback=callback)
-    bar.close()
+    ensure_default_for([config.base_encoder], _finetune_printer("default fine-tune"))
+    result = finetune(config, args.out, callback=_finetune_printer(total=resolve_config(config).steps))
     print(f"{result.status} after {result.steps_done} steps; eval accuracy {result.final_eval_accuracy}; "
           f"load it as 'run:{result.run_dir}'")
 
@@ -133,7 +179,7 @@ def cmd_forgetting(args: argparse.Namespace) -> None:
 
 
 def cmd_wise(args: argparse.Namespace) -> None:
-    from .training import wise_run
+    from .interpolation import wise_run
 
     out = wise_run(args.run, args.alpha, args.out)
     print(f"wrote WiSE-FT (alpha={args.alpha}) of {args.run} to {out}; load it as 'run:{out}'")
@@ -142,22 +188,18 @@ def cmd_wise(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Build the default fine-tuned encoder and warm every cache the app's first page needs."""
     from .default import ensure_default_finetuned
-    from .drift import load_drift_images, encoder_features
+    from .drift import drift_features, load_drift_images
     from .projection import project_pair
 
-    bar, callback = _finetune_printer()
-    run_dir = ensure_default_finetuned(callback=callback)
-    bar.close()
+    run_dir = ensure_default_finetuned(callback=_finetune_printer("default fine-tune"))
     print(f"default fine-tuned encoder: {run_dir}")
     config = DriftConfig()
     images = load_drift_images(config)
-    feats = []
-    for spec in (config.pretrained, config.finetuned):
-        feat_bar = _Bar(f"embed {spec}")
-        feats.append(encoder_features(spec, images, config.image_size, progress=feat_bar))
-        feat_bar.close()
+    bar = _StageBar()
+    x_a, x_b = drift_features(config, images, progress=bar)
+    bar.close()
     print("projecting both spaces with UMAP (the first fit in a process compiles numba: about a minute)")
-    project_pair(feats[0], feats[1], method=config.projection, seed=config.seed)
+    project_pair(x_a, x_b, method=config.projection, seed=config.seed)
     print("ready")
 
 
@@ -192,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for metrics.json and points.parquet")
     p.set_defaults(func=cmd_drift)
 
-    p = sub.add_parser("finetune", help="fine-tune an encoder and save a run directory")
+    p = sub.add_parser("finetune", help="fine-tune an encoder and save a run directory", epilog=_methods_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(p, FinetuneConfig)
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_finetune)

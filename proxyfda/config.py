@@ -16,9 +16,32 @@ from .errors import ProxyFDAError
 
 T = TypeVar("T", bound="JsonConfig")
 
+#: kNN backends (proxyfda.knn); "auto" picks FAISS on a GPU when there is one, else exact torch blocks
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-gpu")
+#: how the two maps are placed (proxyfda.projection)
+PROJECTION_METHODS = ("init", "independent", "aligned")
+
 #: the spec of the default fine-tuned encoder, built once on first use (see proxyfda.default)
 DEFAULT_FINETUNED = "default-finetuned"
 DEFAULT_PRETRAINED = "efficientnet-lite0"
+
+BN_MODES = ("frozen", "train")
+SAMPLERS = ("auto", "balanced", "epoch")
+
+#: generic photo prompts for CLIP zero-shot rows; ``{}`` is replaced by the class name
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+)
+#: CLIP's learned temperature saturates at 100 in the released checkpoints
+CLIP_LOGIT_SCALE = 100.0
+#: SAFE's blend weights searched on validation data (0: original CLIP pooling, 1: the tuned one)
+DEFAULT_BETA_GRID: tuple[float, ...] = tuple(i / 10 for i in range(11))
 
 
 class JsonConfig:
@@ -56,24 +79,35 @@ class DriftConfig(JsonConfig):
     n: int = 2000  # images, class-balanced; 0 means all
     k: int = 10
     image_size: int = 64  # input resolution for both encoders; 0 means each encoder's own
-    knn_backend: str = "auto"
-    projection: str = "init"  # see proxyfda.projection.PROJECTION_METHODS
+    knn_backend: str = "auto"  # one of KNN_BACKENDS
+    projection: str = "init"  # one of PROJECTION_METHODS
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ProxyFDAError(f"k must be at least 1, got {self.k}")
+        # What can be checked without the images is checked here, once; k < N once the images are
+        # loaded (proxyfda.drift.compute_drift).
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ProxyFDAError(f"k must be an integer of at least 1, got {self.k!r}")
         if self.n < 0:
             raise ProxyFDAError(f"n must be 0 (all images) or positive, got {self.n}")
+        if self.image_size < 0:
+            raise ProxyFDAError(f"image_size must be 0 (each encoder's own) or positive, got {self.image_size}")
+        for name, options in (("knn_backend", KNN_BACKENDS), ("projection", PROJECTION_METHODS)):
+            if getattr(self, name) not in options:
+                raise ProxyFDAError(f"{name} must be one of {', '.join(map(repr, options))}, "
+                                    f"got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig(JsonConfig):
-    """One fine-tuning run. Saved as ``config.json`` in the run directory.
+    """One fine-tuning run. Saved as ``config.json`` in the run directory, with every default filled in.
 
-    ``method`` is one of proxyfda.training.METHODS; ``reg_options`` are keyword options of its
-    regulariser (see proxyfda.losses, e.g. {"k": 8, "weight": 1.0} for fda), over the method's
-    defaults in proxyfda.training.METHOD_DEFAULTS.
+    ``method`` names a row of the method table (proxyfda.methods). ``reg_options`` are keyword
+    options of the method's regulariser (see proxyfda.losses, e.g. {"k": 8, "weight": 1.0} for fda),
+    or of SAFE's fitting (the `SafeConfig` fields beyond steps/lr/batch size/seed), over the method's
+    defaults. Fields left ``None`` take the method's own default (SAFE trains 200 steps at lr 1e-4 in
+    batches of 32 without weight decay; the others 300 steps at lr 1e-3, batch 64, decay 0.01):
+    ``proxyfda.methods.resolve_config`` fills them in.
     """
 
     method: str = "naive"
@@ -82,10 +116,10 @@ class FinetuneConfig(JsonConfig):
     data: str = "mnist:train"
     eval_data: str = "mnist:test"
     image_size: int = 64
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
     warmup_steps: int = 10
     # "frozen" keeps BatchNorm in eval mode (running statistics fixed, affine weights trained);
     # "train" lets the statistics drift toward the fine-tuning data, a forgetting channel of its own.
@@ -93,21 +127,57 @@ class FinetuneConfig(JsonConfig):
     eval_every: int = 50
     eval_size: int = 500
     # "balanced": m classes × n images with hard class mining (FDA's batches); "epoch": shuffled
-    # epochs; "auto": balanced for the methods that build a kNN graph inside the batch.
+    # epochs; "auto": the method's own choice (balanced for the methods that build a kNN graph
+    # inside the batch).
     sampler: str = "auto"
     classes_per_batch: int = 16
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.bn_mode not in ("frozen", "train"):
-            raise ProxyFDAError(f"bn_mode must be 'frozen' or 'train', got '{self.bn_mode}'")
+        if self.bn_mode not in BN_MODES:
+            raise ProxyFDAError(f"bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got '{self.bn_mode}'")
         for name in ("steps", "batch_size", "eval_every", "eval_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ProxyFDAError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.sampler not in ("auto", "balanced", "epoch"):
-            raise ProxyFDAError(f"sampler must be 'auto', 'balanced' or 'epoch', got '{self.sampler}'")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ProxyFDAError(f"{name} must be at least 1, got {value}")
+        if self.sampler not in SAMPLERS:
+            raise ProxyFDAError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got '{self.sampler}'")
         if not isinstance(self.reg_options, dict):
             raise ProxyFDAError(f"reg_options must be a dict of regulariser options, got {self.reg_options!r}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ProxyFDAError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ProxyFDAError(f"weight_decay must be at least 0, got {self.weight_decay}")
+
+
+#: the recipe of the embedded default fine-tuned encoder (proxyfda.default builds it once per machine)
+DEFAULT_FINETUNE = FinetuneConfig()
+
+
+@dataclass(frozen=True)
+class SafeConfig(JsonConfig):
+    """How SAFE (proxyfda.safe) trains the attention pooling and picks β."""
+
+    steps: int = 200
+    lr: float = 1e-4  # AdamW on pre-trained weights, cosine-decayed to 0
+    weight_decay: float = 0.0  # decoupled decay would pull pre-trained weights to 0, not to CLIP's
+    batch_size: int = 32
+    beta_grid: tuple[float, ...] = DEFAULT_BETA_GRID
+    label_smoothing: float = 0.1  # a few shots per class overfit fast
+    seed: int = 0
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    logit_scale: float = CLIP_LOGIT_SCALE
+    cache_dense: bool = False  # also keep the dense maps on disk (keyed by weights and images)
+
+    def __post_init__(self):
+        # JSON gives lists back; the config stays hashable and comparable with tuples.
+        object.__setattr__(self, "beta_grid", tuple(float(b) for b in self.beta_grid))
+        object.__setattr__(self, "templates", tuple(self.templates))
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ProxyFDAError(f"SAFE needs steps >= 0, batch_size >= 1 and lr > 0; got steps={self.steps}, "
+                                f"batch_size={self.batch_size}, lr={self.lr}")
+        if not self.beta_grid or any(not 0.0 <= b <= 1.0 for b in self.beta_grid):
+            raise ProxyFDAError(f"beta_grid must be a non-empty list of values in [0, 1], got {list(self.beta_grid)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ProxyFDAError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")

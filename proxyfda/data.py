@@ -21,13 +21,16 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ProxyFDAError
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test", "all")
@@ -76,6 +79,9 @@ class ImageSet:
 
     def batch(self, indices, size: int) -> torch.Tensor:
         """Images ``indices`` as float [B, 3, size, size] in [0, 1] (resized; files centre-cropped)."""
+        import torch  # here: reading and sampling images needs no torch, only feeding them to an encoder
+        import torch.nn.functional as F
+
         indices = np.asarray(indices, dtype=np.int64)
         if self.pixels is not None:
             raw = torch.from_numpy(self.pixels[indices]).permute(0, 3, 1, 2).float().div_(255.0)

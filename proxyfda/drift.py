@@ -1,8 +1,13 @@
 """Neighbourhood drift between two feature spaces over the same images.
 
-`compute_drift` works on feature arrays (what the app and tests use); `run_drift` goes from a
-`DriftConfig` (encoder specs, data spec, k) to a `DriftReport`, and `DriftReport.save` writes
-``metrics.json``, ``points.parquet`` and ``config.json``.
+One route from a `DriftConfig` to a report, used by the app, ``proxyfda prepare`` and ``proxyfda
+drift``: `load_drift_images` (the config's image set), `drift_features` (both encoders' features,
+disk-cached, with progress), `compute_drift` (graphs, per-point drift and global metrics; k and the
+kNN backend are checked here, once). `run_drift` chains the three; `DriftReport.save` writes
+``metrics.json``, ``points.parquet``, ``classes.csv`` and ``config.json``.
+
+The ``default-finetuned`` spec must have been built first (`proxyfda.default.ensure_default_for`,
+which the CLI and the app call): this module only reads encoders.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -19,10 +24,15 @@ from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
 from .knn import KnnGraph, knn_graph, resolve_backend
-from .validation import unit_rows
+from .validation import check_k, unit_rows
+
+if TYPE_CHECKING:
+    from .backbones import Encoder
 
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
+#: make_encoder(spec, image_size or None) -> Encoder; the app passes a cached one
+EncoderFactory = Callable[[str, "int | None"], "Encoder"]
 
 
 @dataclass
@@ -81,18 +91,24 @@ class DriftReport:
 
 def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_names: list[str], k: int,
                   backend: str = "auto", config: DriftConfig | None = None) -> DriftReport:
-    """kNN graphs of both spaces (cosine), per-point drift and the global preservation metrics."""
+    """kNN graphs of both spaces (cosine), per-point drift and the global preservation metrics.
+
+    ``k`` is checked against the number of points and ``backend`` resolved to a concrete one here,
+    once; what is passed on below is already valid.
+    """
+    n = len(labels)
+    k = check_k(k, n)
+    backend = resolve_backend(backend, n)
     graph_a = knn_graph(x_a, k, metric="cosine", backend=backend)
     graph_b = knn_graph(x_b, k, metric="cosine", backend=backend)
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
     fix = "drop the images whose features are all zero"
     l2 = np.linalg.norm(unit_rows(x_a, "x_a", fix) - unit_rows(x_b, "x_b", fix), axis=1)
-    n = len(labels)
     metrics: dict[str, float | int | str] = {
         "n": n,
         "k": k,
-        "knn_backend": resolve_backend(backend, n),
+        "knn_backend": backend,
         "overlap_at_k_mean": float(overlap.mean()),
         "overlap_at_k_random_baseline": M.overlap_random_baseline(k, n),
         "jaccard_mean": float(jaccard.mean()),
@@ -110,39 +126,48 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
 
 
 def load_drift_images(config: DriftConfig) -> ImageSet:
+    """The image set a drift config compares (a class-balanced sample of ``config.n`` images)."""
     return load_images(config.data, n=config.n or None, seed=config.seed)
 
 
 def encoder_features(spec: str, images: ImageSet, image_size: int | None,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Features of ``images`` under the encoder ``spec`` (the default fine-tuned alias included), cached."""
-    from .default import resolve_finetuned_spec
-    from .device import default_device
-    from .encoders import create_encoder
+                     progress: Callable[[int, int], None] | None = None,
+                     make_encoder: EncoderFactory | None = None) -> np.ndarray:
+    """Features of ``images`` under the encoder ``spec`` on the fastest device, disk-cached."""
     from .features import extract_features
 
-    encoder = create_encoder(resolve_finetuned_spec(spec), image_size=image_size or None, device=default_device())
+    encoder = (make_encoder or _default_encoder)(spec, image_size or None)
     return extract_features(encoder, images, progress=progress)
+
+
+def drift_features(config: DriftConfig, images: ImageSet, progress: StageProgress | None = None,
+                   make_encoder: EncoderFactory | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pre-trained and fine-tuned features of ``images``, as ``config`` names the encoders."""
+    say = progress or (lambda message, fraction: None)
+    feats = []
+    for i, (role, spec) in enumerate((("pre-trained", config.pretrained), ("fine-tuned", config.finetuned))):
+        def report(done: int, total: int, i: int = i, role: str = role) -> None:
+            say(f"Embedding {total} images with the {role} encoder: {done}/{total}", (i + done / total) / 2)
+
+        feats.append(encoder_features(spec, images, config.image_size, report, make_encoder))
+    return feats[0], feats[1]
 
 
 def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, DriftReport]:
     """Everything from specs to report: images, both encoders' features, graphs and metrics."""
-    from .config import DEFAULT_FINETUNED
-    from .default import ensure_default_finetuned
-
     say = progress or (lambda message, fraction: None)
-    if config.finetuned.strip() == DEFAULT_FINETUNED:
-        say("Preparing the default fine-tuned encoder", 0.0)
-        ensure_default_finetuned(callback=lambda r: say(f"Default fine-tune: step {r['step']}", 0.0))
-    say(f"Loading {config.data}", 0.05)
+    say(f"Loading {config.data}", 0.0)
     images = load_drift_images(config)
-    feats = []
-    for i, spec in enumerate((config.pretrained, config.finetuned)):
-        feats.append(encoder_features(spec, images, config.image_size,
-                                      lambda done, total, i=i: say(f"Embedding with {spec}: {done}/{total}",
-                                                                   0.1 + 0.4 * i + 0.4 * done / total)))
+    x_a, x_b = drift_features(config, images, lambda message, fraction: say(message, 0.05 + 0.85 * fraction))
     say("Building kNN graphs and metrics", 0.9)
-    report = compute_drift(feats[0], feats[1], images.labels, images.class_names, config.k,
-                           backend=config.knn_backend, config=config)
+    report = compute_drift(x_a, x_b, images.labels, images.class_names, config.k, backend=config.knn_backend,
+                           config=config)
     say("Done", 1.0)
     return images, report
+
+
+def _default_encoder(spec: str, image_size: int | None) -> "Encoder":
+    from .device import default_device
+    from .encoders import create_encoder
+
+    return create_encoder(spec, image_size=image_size, device=default_device())

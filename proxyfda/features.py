@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from .data import ImageSet
-from .encoders import Encoder
 from .paths import atomic_write_bytes, cache_dir
+
+if TYPE_CHECKING:
+    from .backbones import Encoder
 
 #: progress(done, total) — called after every batch
 Progress = Callable[[int, int], None]
@@ -36,7 +37,6 @@ def feature_cache_path(encoder: Encoder, images: ImageSet, root: Path | None = N
     return (root or cache_dir()) / "features" / f"{feature_cache_key(encoder, images)}.npy"
 
 
-@torch.inference_mode()
 def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: Progress | None = None) -> np.ndarray:
     """Pooled features [N, D] float32 of every image, computed in batches on the encoder's device.
 
@@ -52,7 +52,9 @@ def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: P
     def load(start: int) -> torch.Tensor:
         return images.batch(np.arange(start, min(start + batch_size, n)), encoder.image_size)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    import torch
+
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         pending = pool.submit(load, starts[0]) if starts else None
         for i, start in enumerate(starts):
             pixels = pending.result()

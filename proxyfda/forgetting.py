@@ -159,12 +159,11 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
 
     With three runs or more, also the correlation of ΔLP with OTDD and with L2 across runs.
     """
-    from pathlib import Path
-
-    from .config import FinetuneConfig
+    from .backbones import OpenClipEncoder
     from .data import load_images
-    from .encoders import RUN_CONFIG, OpenClipEncoder, create_encoder
+    from .encoders import create_encoder
     from .features import extract_features
+    from .runs import Run
 
     say = progress or (lambda message: None)
     image_cache: dict = {}
@@ -192,12 +191,10 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         return pre_cache[key]
 
     runs: dict[str, dict] = {}
-    for run_dir in map(Path, run_dirs):
-        if not (run_dir / RUN_CONFIG).exists():
-            raise ProxyFDAError(f"'{run_dir}' is not a run directory (no {RUN_CONFIG})")
-        config = FinetuneConfig.load(run_dir / RUN_CONFIG)
-        say(f"{run_dir.name}: probing")
-        finetuned = create_encoder(f"run:{run_dir}")
+    for run in map(Run.open, run_dirs):
+        config = run.config
+        say(f"{run.name}: probing")
+        finetuned = create_encoder(run.spec)
         size = finetuned.image_size
         task = images(config.eval_data, None)
         task_ft = extract_features(finetuned, task)
@@ -218,7 +215,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         if isinstance(finetuned, OpenClipEncoder):  # a text tower: zero-shot accuracy is a second measure
             entry["zero_shot"] = _zero_shot(pretrained(config.base_encoder, size), finetuned,
                                             {spec: images(spec, n) for spec, n in sets.items()})
-        runs[run_dir.name] = entry
+        runs[run.name] = entry
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
     deltas = [r["delta_LP"]["mean"] for r in runs.values()]
     report["correlation_with_delta_LP"] = {

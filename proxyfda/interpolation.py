@@ -1,14 +1,17 @@
-"""WiSE-FT: interpolate the weights of a pre-trained and a fine-tuned copy of the same model."""
+"""WiSE-FT: interpolate the weights of a pre-trained and a fine-tuned copy of the same model, and
+write the result as a run of its own (`wise_run`)."""
 
 from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import ProxyFDAError
+from .runs import WISE, Run, RunWriter
 
 #: how many differing keys an error message names
 _SHOW_KEYS = 5
@@ -54,3 +57,23 @@ def _check_same_architecture(state0: dict, state1: dict) -> None:
     if shapes:
         raise ProxyFDAError(f"the models have different layer shapes: {'; '.join(shapes[:_SHOW_KEYS])}. "
                             "Interpolate two copies of the same architecture")
+
+
+def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
+    """WiSE-FT of a finished run: a new run directory whose encoder is (1−α)·θ0 + α·θ_ft.
+
+    The head is the fine-tuned run's; ``wise.json`` records the source run and α.
+    """
+    from .encoders import create_encoder
+
+    source = Run.open(run_dir)
+    if source.method == "safe":
+        raise ProxyFDAError("SAFE runs blend their pooling already (β); WiSE-FT applies to full fine-tunes")
+    finetuned = create_encoder(source.spec)
+    pretrained = create_encoder(source.config.base_encoder, image_size=finetuned.image_size)
+    mixed = wise_ft(pretrained, finetuned, alpha)
+    state = source.checkpoint_state()
+    with RunWriter(out_dir, source.config) as run:
+        run.save_checkpoint({"encoder": mixed.state_dict(), "head": state["head"], "step": state["step"]})
+        run.save_json(WISE, {"source": str(source.path), "alpha": alpha})
+        return run.finish("completed", state["step"], None).run_dir

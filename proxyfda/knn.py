@@ -7,16 +7,18 @@ negative squared euclidean distances.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
+from .config import KNN_BACKENDS as BACKENDS
 from .errors import ProxyFDAError
 from .validation import check_block_size, check_choice, check_features, check_k, unit_rows
 
+if TYPE_CHECKING:
+    import torch
+
 METRICS = ("cosine", "ip", "l2")
-BACKENDS = ("auto", "torch", "faiss", "faiss-gpu")
 
 #: elements in one block of the [block, N] similarity matrix (float32: 256 MB; 1342 rows at N=50k).
 #: Measured on 2 CPU cores at N=50k, d=512: blocks of 1k-4k rows run the matmul at full speed, 512
@@ -96,6 +98,8 @@ def default_block_size(n: int) -> int:
 
 def _torch_knn(x: np.ndarray, k: int, metric: str, block_size: int) -> KnnGraph:
     """Blocked similarity matmul + top-k; self-matches are masked with -inf before the top-k."""
+    import torch  # here, not at the top: a page served from the caches never needs torch
+
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     n = x.shape[0]
     with torch.inference_mode():
@@ -118,6 +122,8 @@ def _torch_knn(x: np.ndarray, k: int, metric: str, block_size: int) -> KnnGraph:
 def _block_scores(xt: torch.Tensor, start: int, stop: int, sq_norms: torch.Tensor | None,
                   out: torch.Tensor) -> torch.Tensor:
     """Similarities of rows start:stop to all rows, written into `out` (rank-equivalent for "l2")."""
+    import torch
+
     rows = xt[start:stop]
     if sq_norms is None:
         return torch.mm(rows, xt.T, out=out)
@@ -131,6 +137,8 @@ def _block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     k groups of `_GROUP` columns with the largest maxima: they hold all top-k values (exact; with ties
     an equal value may come from another column), and a max per group is a cheap pass over memory.
     """
+    import torch
+
     b, n = scores.shape
     if n < _PREFILTER_MIN_GROUPS_PER_K * k * _GROUP:
         return torch.topk(scores, k, dim=1)

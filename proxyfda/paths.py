@@ -37,3 +37,8 @@ def atomic_write_bytes(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text (configs, summaries)."""
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))

@@ -23,10 +23,9 @@ from typing import Callable
 
 import numpy as np
 
+from .config import PROJECTION_METHODS
 from .errors import ProxyFDAError
 from .paths import atomic_write_bytes, cache_dir
-
-PROJECTION_METHODS = ("init", "independent", "aligned")
 PROJECTION_VERSION = "v1"
 
 _warm = threading.Event()

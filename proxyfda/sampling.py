@@ -15,6 +15,22 @@ from .errors import ProxyFDAError
 from .validation import check_features
 
 
+class EpochSampler:
+    """Endless shuffled mini-batches of indices, reshuffled every epoch (seeded)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order, self.position = self.rng.permutation(n), 0
+
+    def next_batch(self) -> np.ndarray:
+        if self.position + self.batch_size > self.n:
+            self.order, self.position = self.rng.permutation(self.n), 0
+        batch = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+
 class ClassBalancedSampler:
     """Endless, seeded batches of row indices into ``labels``: m classes × n images (default 16 × 4).
 

@@ -17,23 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import Encoder
+from .config import CLIP_LOGIT_SCALE, DEFAULT_TEMPLATES
 from .data import ImageSet
-from .encoders import Encoder
 from .errors import ProxyFDAError
-
-#: generic photo prompts; ``{}`` is replaced by the class name
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a close-up photo of a {}.",
-    "a bright photo of a {}.",
-    "a dark photo of a {}.",
-    "a photo of the small {}.",
-    "a photo of the large {}.",
-)
-
-#: CLIP's learned temperature saturates at 100 in the released checkpoints
-CLIP_LOGIT_SCALE = 100.0
 
 
 def clip_model_of(encoder: Encoder) -> nn.Module:

@@ -21,10 +21,10 @@ SMALL = {"drift.cfg.data": "digits:test", "drift.cfg.n": 120, "drift.cfg.k": 5, 
 @pytest.fixture
 def tiny_default(monkeypatch, tmp_path):
     """A fresh cache in which the default fine-tuned encoder is a 4-step fine-tune (not yet built)."""
-    from proxyfda import default
+    from proxyfda import runs
 
     monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
-    monkeypatch.setattr(default, "DEFAULT_FINETUNE", TINY_FINETUNE)
+    monkeypatch.setattr(runs, "DEFAULT_FINETUNE", TINY_FINETUNE)
     return tmp_path
 
 
@@ -40,12 +40,12 @@ def markdown_text(at: AppTest) -> str:
 
 
 def test_first_launch_builds_the_default_with_progress_then_shows_drift(tiny_default):
-    from proxyfda.default import default_finetuned_ready
+    from proxyfda.runs import default_run_ready
 
-    assert not default_finetuned_ready()
+    assert not default_run_ready()
     at = page()
     assert not at.exception and not at.error
-    assert default_finetuned_ready()
+    assert default_run_ready()
     assert [s.label for s in at.status] == ["Default fine-tuned encoder ready"]
     labels = [m.label for m in at.metric]
     assert labels[:2] == ["overlap@5", "Jaccard"] and "trustworthiness" in labels
@@ -60,13 +60,12 @@ def test_maps_from_cache_and_injected_selection(tiny_default):
     at = page()
     # compute the maps the page asked for, as the background job would
     from proxyfda.data import load_images
-    from proxyfda.default import resolve_finetuned_spec
     from proxyfda.encoders import create_encoder
     from proxyfda.features import extract_features
     from proxyfda.projection import project_pair
 
     images = load_images("digits:test", n=120)
-    feats = [extract_features(create_encoder(resolve_finetuned_spec(s), image_size=32), images)
+    feats = [extract_features(create_encoder(s, image_size=32), images)
              for s in ("efficientnet-lite0", "default-finetuned")]
     project_pair(feats[0], feats[1], method="init", seed=0)
     at.session_state[SELECTION_KEY] = [3, 4, 5]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from proxyfda.encoders import (bundled_efficientnet_lite0_weights, create_encoder, list_encoders,
-                               read_checkpoint)
+from proxyfda.backbones import bundled_efficientnet_lite0_weights, read_checkpoint
+from proxyfda.encoders import create_encoder, list_encoders
 from proxyfda.errors import ProxyFDAError
 
 TINY_CLIP = {

@@ -14,7 +14,9 @@ from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
 from proxyfda.features import extract_features
 from proxyfda.forgetting import forgetting_report
-from proxyfda.training import METHODS, finetune, linear_probe_head, wise_run
+from proxyfda.interpolation import wise_run
+from proxyfda.methods import METHODS
+from proxyfda.training import finetune, linear_probe_head
 
 from conftest import TINY_FINETUNE
 from test_zeroshot import tiny_clip_spec

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from proxyfda.errors import ProxyFDAError
 from proxyfda.losses import ProxyFDALoss, ProxyGenerator
-from proxyfda.losses.proxies import SequenceConv, pooled_cosine, variance_hinge
+from proxyfda.losses.proxy_generator import SequenceConv, pooled_cosine, variance_hinge
 
 B, D, K = 12, 16, 3
 

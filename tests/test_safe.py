@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
 from proxyfda.features import embed
-from proxyfda.safe import (SafeConfig, apply_safe, blend, choose_beta, dense_features, fit_safe, load_safe,
-                           save_safe)
+from proxyfda.config import SafeConfig
+from proxyfda.safe import choose_beta, fit_safe
+from proxyfda.safe_encoder import apply_safe, blend, dense_features, load_safe, save_safe
 from proxyfda.zeroshot import text_classifier, zero_shot_accuracy
 from test_zeroshot import first_classes, one_thread, register_tiny_clip, tiny_clip_spec  # noqa: F401
 

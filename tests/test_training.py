@@ -11,6 +11,7 @@ import torch
 from proxyfda.config import FinetuneConfig
 from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
+from proxyfda.methods import resolve_config
 from proxyfda.paths import atomic_write_bytes
 from proxyfda.training import finetune, lr_at
 
@@ -19,7 +20,8 @@ from conftest import TINY_FINETUNE
 
 def test_run_directory_contents(tiny_run):
     config = FinetuneConfig.load(tiny_run / "config.json")
-    assert config == TINY_FINETUNE
+    assert config == resolve_config(TINY_FINETUNE)  # saved with every method default filled in
+    assert config.weight_decay == 0.01 and config.sampler == "epoch"
     records = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]

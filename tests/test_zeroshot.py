@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from proxyfda.data import ImageSet, load_images
 from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
-from proxyfda.zeroshot import DEFAULT_TEMPLATES, text_classifier, zero_shot_accuracy, zero_shot_logits
+from proxyfda.config import DEFAULT_TEMPLATES
+from proxyfda.zeroshot import text_classifier, zero_shot_accuracy, zero_shot_logits
 
 TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_VISION = {

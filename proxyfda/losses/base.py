@@ -2,7 +2,7 @@
 
 A regulariser is a `RecordingLoss`: its forward validates the inputs, computes named terms and keeps
 small detached copies of what it saw in ``self.records`` (reset every call) for a debugger to plot.
-`build_regularizer(name, **options)` is how the training loop and the UI create one.
+`proxyfda.losses.build_regularizer(name, **options)` is how the training loop and the UI create one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ProxyFDAError
 from ..registry import Registry
 
-#: name -> factory(**options) returning a RecordingLoss, or None for "no regulariser"
+#: name -> factory(**options) returning a RecordingLoss
 REGULARIZERS = Registry()
 
 
@@ -61,41 +61,13 @@ class RecordingLoss(nn.Module):
     @classmethod
     def option_names(cls) -> list[str]:
         """Keyword options the constructor accepts (what `build_regularizer` may pass)."""
-        return _keyword_names(cls.__init__)
+        return keyword_names(cls.__init__)
 
 
 register_regularizer = REGULARIZERS.register
 
 
-def list_regularizers() -> list[str]:
-    """Names `build_regularizer` accepts."""
-    _load_builtin()
-    return REGULARIZERS.names()
-
-
-def build_regularizer(name: str, **options: Any) -> "RecordingLoss | None":
-    """The regulariser registered as ``name`` built with ``options``; None for ``"naive"`` (task loss only)."""
-    _load_builtin()
-    if name not in REGULARIZERS:
-        raise ProxyFDAError(f"unknown regulariser {name!r}; choose one of {', '.join(map(repr, sorted(REGULARIZERS)))}")
-    factory = REGULARIZERS[name]
-    known = factory.option_names() if hasattr(factory, "option_names") else _keyword_names(factory)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ProxyFDAError(f"regulariser {name!r} has no option(s) {', '.join(unknown)}; "
-                            f"it accepts: {', '.join(known) or 'no options'}")
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:  # a required option is missing
-        raise ProxyFDAError(f"regulariser {name!r}: {exc}") from None
-    return factory(**options)
-
-
-def _load_builtin() -> None:
-    from . import baselines, fda, proxies  # noqa: F401  (importing registers them)
-
-
-def _keyword_names(function: Callable) -> list[str]:
+def keyword_names(function: Callable) -> list[str]:
     params = inspect.signature(function).parameters.values()
     return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 

@@ -1,4 +1,4 @@
-"""Point-wise baselines: naive fine-tuning (no regulariser), L2-SP (weights) and LDIFS (features)."""
+"""Point-wise baselines: L2-SP (distance in weights) and LDIFS (distance in features)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,6 @@ from torch import nn
 
 from ..errors import ProxyFDAError
 from .base import RecordingLoss, check_feature_pair, check_number, register_regularizer
-
-
-@register_regularizer("naive")
-def naive() -> None:
-    """Task loss only: no regulariser (returns None)."""
-    return None
 
 
 @register_regularizer("l2sp")
