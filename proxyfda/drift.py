@@ -12,6 +12,8 @@ which the CLI and the app call): this module only reads encoders.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,14 @@ from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
 from .knn import KnnGraph, knn_graph, resolve_backend
+from .paths import atomic_write_bytes, cache_dir
 from .validation import check_k, unit_rows
 
 if TYPE_CHECKING:
     from .backbones import Encoder
+
+#: bump when what `compute_drift` computes changes: reports cached by older code are then not read
+REPORT_VERSION = "drift-v1"
 
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
@@ -125,6 +131,42 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
                        config=config)
 
 
+def cached_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_names: list[str], k: int,
+                 backend: str = "auto", config: DriftConfig | None = None, root: Path | None = None) -> DriftReport:
+    """`compute_drift`, served from the disk cache when the same features, labels, k and backend were
+    compared before (keyed by their content; a page served this way needs no kNN search, nor torch)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (REPORT_VERSION, str(k), backend, json.dumps(list(class_names))):
+        digest.update(part.encode() + b"\0")
+    for array in (x_a, x_b, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    path = (root or cache_dir()) / "reports" / f"{digest.hexdigest()}.npz"
+    if path.exists():
+        return _read_report(path, labels, class_names, config)
+    report = compute_drift(x_a, x_b, labels, class_names, k, backend=backend, config=config)
+    atomic_write_bytes(path, lambda handle: _write_report(report, handle))
+    return report
+
+
+def _write_report(report: DriftReport, handle) -> None:
+    np.savez(handle, idx_a=report.graph_a.indices, sims_a=report.graph_a.similarities, idx_b=report.graph_b.indices,
+             sims_b=report.graph_b.similarities, overlap=report.overlap, jaccard=report.jaccard,
+             l2_drift=report.l2_drift, metrics=np.array(json.dumps(report.metrics)),
+             class_table=np.frombuffer(report.class_table.to_parquet(), dtype=np.uint8))
+
+
+def _read_report(path: Path, labels: np.ndarray, class_names: list[str], config: DriftConfig | None) -> DriftReport:
+    with np.load(path) as data:
+        metrics = json.loads(str(data["metrics"]))
+        class_table = pd.read_parquet(io.BytesIO(data["class_table"].tobytes()))
+        return DriftReport(k=int(metrics["k"]), labels=labels, class_names=list(class_names),
+                           graph_a=KnnGraph(data["idx_a"], data["sims_a"]), graph_b=KnnGraph(data["idx_b"], data["sims_b"]),
+                           overlap=data["overlap"], jaccard=data["jaccard"], l2_drift=data["l2_drift"], metrics=metrics,
+                           class_table=class_table, config=config)
+
+
 def load_drift_images(config: DriftConfig) -> ImageSet:
     """The image set a drift config compares (a class-balanced sample of ``config.n`` images)."""
     return load_images(config.data, n=config.n or None, seed=config.seed)
@@ -133,11 +175,24 @@ def load_drift_images(config: DriftConfig) -> ImageSet:
 def encoder_features(spec: str, images: ImageSet, image_size: int | None,
                      progress: Callable[[int, int], None] | None = None,
                      make_encoder: EncoderFactory | None = None) -> np.ndarray:
-    """Features of ``images`` under the encoder ``spec`` on the fastest device, disk-cached."""
-    from .features import extract_features
+    """Features of ``images`` under the encoder ``spec`` on the fastest device, disk-cached.
 
+    Features cached for the same spec, weight files and images are found without building the
+    encoder (nor importing torch): see `proxyfda.encoders.spec_fingerprint`.
+    """
+    from .encoders import spec_fingerprint
+    from .features import extract_features, features_from_source, remember_source
+
+    source = spec_fingerprint(spec, image_size or None)
+    cached = features_from_source(source, images)
+    if cached is not None:
+        if progress:
+            progress(len(images), len(images))
+        return cached
     encoder = (make_encoder or _default_encoder)(spec, image_size or None)
-    return extract_features(encoder, images, progress=progress)
+    features = extract_features(encoder, images, progress=progress)
+    remember_source(source, encoder, images)
+    return features
 
 
 def drift_features(config: DriftConfig, images: ImageSet, progress: StageProgress | None = None,

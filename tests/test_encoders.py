@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from proxyfda.backbones import bundled_efficientnet_lite0_weights, read_checkpoint
+from proxyfda.backbones import read_checkpoint
+from proxyfda.paths import bundled_efficientnet_lite0_weights
 from proxyfda.encoders import create_encoder, list_encoders
 from proxyfda.errors import ProxyFDAError
 

@@ -1,0 +1,166 @@
+"""The run directory's owner (proxyfda.runs), the method table (proxyfda.methods) and the one spec
+resolver: a run reads back as an object, methods keep their own defaults, every spec resolves the
+same way from every entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from proxyfda import runs
+from proxyfda.cli import main
+from proxyfda.config import FinetuneConfig
+from proxyfda.encoders import canonical_spec, create_encoder, spec_fingerprint
+from proxyfda.errors import ProxyFDAError
+from proxyfda.interpolation import wise_run
+from proxyfda.methods import METHODS, SAFE_OPTIONS, get_method, resolve_config
+from proxyfda.losses import list_regularizers
+from proxyfda.runs import Run, RunWriter, list_runs
+
+from conftest import TINY_FINETUNE
+
+
+def test_a_run_reads_back_as_an_object(tiny_run):
+    run = Run.open(tiny_run)
+    assert run.config == resolve_config(TINY_FINETUNE) and run.method == "naive"
+    assert run.status == "completed" and run.summary()["steps_done"] == 4
+    history = run.history()
+    assert list(history.loc[history["kind"] == "train", "step"]) == [1, 2, 3, 4]
+    assert list(history.loc[history["kind"] == "eval", "step"]) == [2, 4]
+    assert history.loc[history["kind"] == "eval", "accuracy"].iloc[-1] == run.summary()["final_eval_accuracy"]
+    assert run.checkpoints() == [tiny_run / "checkpoint.pt"]
+    assert run.checkpoint_state()["step"] == 4
+    assert run.spec == f"run:{tiny_run}" and run.wise() is None
+
+
+def test_writer_says_running_until_finished_and_writes_atomically(tmp_path):
+    seen = []
+    with RunWriter(tmp_path / "r", TINY_FINETUNE, callback=seen.append) as writer:
+        assert Run.open(tmp_path / "r").status == "running"
+        writer.log({"kind": "train", "step": 1, "loss": 2.0})
+        writer.save_checkpoint({"encoder": {"w": torch.ones(2)}, "head": {}, "step": 1})
+        assert Run.open(tmp_path / "r").records() == [{"kind": "train", "step": 1, "loss": 2.0}]
+        result = writer.finish("stopped", 1, None)
+    assert seen == [{"kind": "train", "step": 1, "loss": 2.0}]
+    assert (result.status, result.steps_done) == ("stopped", 1)
+    run = Run.open(tmp_path / "r")
+    assert run.status == "stopped" and torch.equal(run.checkpoint_state()["encoder"]["w"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "config.json", "history.jsonl",
+                                                                  "summary.json"]  # no temporaries left
+
+
+def test_list_runs_and_wise_runs_go_through_the_owner(tiny_run, tmp_path):
+    wise = wise_run(tiny_run, 0.25, tmp_path / "wise")
+    found = list_runs(tmp_path)
+    assert [r.name for r in found] == ["wise"]
+    assert found[0].wise() == {"source": str(tiny_run), "alpha": 0.25} and found[0].status == "completed"
+    assert found[0].checkpoint_state()["head"].keys() == Run.open(tiny_run).checkpoint_state()["head"].keys()
+    assert list_runs(tmp_path / "nowhere") == []
+    with pytest.raises(ProxyFDAError, match="not a proxyfda run directory"):
+        Run.open(wise / "nothing")
+
+
+def test_a_damaged_config_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ProxyFDAError, match="not valid JSON"):
+        Run.open(tmp_path)
+
+
+def test_the_method_table_drives_the_defaults():
+    for name, method in METHODS.items():
+        assert method.regularizer is None or method.regularizer in list_regularizers(), name
+    safe = resolve_config(FinetuneConfig(method="safe"))
+    assert (safe.steps, safe.lr, safe.batch_size, safe.weight_decay) == (200, 1e-4, 32, 0.0)  # SAFE's own recipe
+    naive = resolve_config(FinetuneConfig())
+    assert (naive.steps, naive.lr, naive.batch_size, naive.weight_decay, naive.sampler) == (300, 1e-3, 64, 0.01, "epoch")
+    assert resolve_config(FinetuneConfig(method="proxy-fda")).sampler == "balanced"
+    assert resolve_config(FinetuneConfig(method="safe", steps=7, lr=0.5)).steps == 7  # what the user sets wins
+    assert resolve_config(FinetuneConfig(method="fda", sampler="epoch")).sampler == "epoch"
+    assert "beta_grid" in SAFE_OPTIONS and "steps" not in SAFE_OPTIONS
+    resolve_config(FinetuneConfig(method="safe", reg_options={"beta_grid": [0.0, 1.0]}))
+    with pytest.raises(ProxyFDAError, match="SAFE has no option"):
+        resolve_config(FinetuneConfig(method="safe", reg_options={"alpha": 1.0}))
+    with pytest.raises(ProxyFDAError, match="unknown fine-tuning method 'magic'; available: naive, l2sp"):
+        get_method("magic")
+
+
+@pytest.fixture
+def tiny_default(monkeypatch, tmp_path):
+    """A fresh cache in which the default fine-tuned encoder is a 4-step fine-tune (not yet built)."""
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(runs, "DEFAULT_FINETUNE", TINY_FINETUNE)
+    return tmp_path
+
+
+def test_default_finetuned_resolves_in_one_place_for_every_entry_point(tiny_default, capsys):
+    with pytest.raises(ProxyFDAError, match="proxyfda prepare"):
+        create_encoder("default-finetuned")
+    # `finetune --base-encoder default-finetuned` builds the default first, then fine-tunes on top of it
+    out = tiny_default / "on-default"
+    assert main(["finetune", "--base-encoder", "default-finetuned", "--data", "digits:train", "--eval-data",
+                 "digits:test", "--image-size", "32", "--steps", "2", "--batch-size", "8", "--eval-size", "20",
+                 "--out", str(out)]) == 0
+    default_spec = canonical_spec("default-finetuned")
+    assert default_spec == f"run:{runs.default_run_dir()}" and runs.default_run_ready()
+    assert Run.open(out).config.base_encoder == default_spec  # the alias is saved as the run it names
+    assert create_encoder("default-finetuned").spec == default_spec
+    fine = create_encoder(f"run:{out}")
+    assert fine.weights_hash() != create_encoder(default_spec).weights_hash()
+
+
+def test_spec_fingerprints_follow_file_content(tiny_run, tmp_path):
+    assert spec_fingerprint("efficientnet-lite0", 32) == spec_fingerprint(" efficientnet-lite0", 32)
+    assert spec_fingerprint("efficientnet-lite0", 32) != spec_fingerprint("efficientnet-lite0", 64)
+    assert spec_fingerprint("open_clip:RN50:openai") is None and spec_fingerprint("run:/nowhere") is None
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "checkpoint.pt"):
+        (copy / name).write_bytes((tiny_run / name).read_bytes())
+    before = spec_fingerprint(f"run:{copy}")
+    assert before is not None and before == spec_fingerprint(f"run:{copy}")
+    state = torch.load(copy / "checkpoint.pt", weights_only=True)
+    state["encoder"]["backbone._conv_head.weight"] += 1.0
+    torch.save(state, copy / "checkpoint.pt")
+    assert spec_fingerprint(f"run:{copy}") != before  # new weights: features can never be served stale
+
+
+def test_features_found_from_the_source_without_building_the_encoder(tiny_run, monkeypatch):
+    from proxyfda import drift
+    from proxyfda.data import load_images
+
+    images = load_images("digits:test", n=30)
+    first = drift.encoder_features(f"run:{tiny_run}", images, 32)
+
+    def no_building(spec, image_size):
+        raise AssertionError("the encoder was built although its features were cached")
+
+    again = drift.encoder_features(f"run:{tiny_run}", images, 32, make_encoder=no_building)
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(AssertionError, match="was built"):  # another resolution is another source
+        drift.encoder_features(f"run:{tiny_run}", images, 64, make_encoder=no_building)
+
+
+def test_cached_drift_is_compute_drift_read_back(tmp_path, monkeypatch):
+    from proxyfda import drift
+
+    rng = np.random.default_rng(0)
+    x_a = rng.normal(size=(60, 8)).astype(np.float32)
+    x_b = (x_a + 0.7 * rng.normal(size=(60, 8))).astype(np.float32)
+    labels = np.arange(60) % 3
+    fresh = drift.cached_drift(x_a, x_b, labels, ["a", "b", "c"], k=5, root=tmp_path)
+    expected = drift.compute_drift(x_a, x_b, labels, ["a", "b", "c"], k=5)
+    def recompute(*args, **kwargs):
+        raise AssertionError("recomputed a cached report")
+
+    monkeypatch.setattr(drift, "compute_drift", recompute)
+    again = drift.cached_drift(x_a, x_b, labels, ["a", "b", "c"], k=5, root=tmp_path)
+    for report in (fresh, again):
+        assert report.metrics == expected.metrics
+        for name in ("overlap", "jaccard", "l2_drift"):
+            np.testing.assert_array_equal(getattr(report, name), getattr(expected, name))
+        np.testing.assert_array_equal(report.graph_b.indices, expected.graph_b.indices)
+        np.testing.assert_array_equal(report.graph_a.similarities, expected.graph_a.similarities)
+        assert report.class_table.equals(expected.class_table)
+    with pytest.raises(AssertionError, match="recomputed"):  # other k: another report
+        drift.cached_drift(x_a, x_b, labels, ["a", "b", "c"], k=4, root=tmp_path)
