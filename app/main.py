@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from 
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="proxyfda", page_icon="🧭", layout="wide")
+st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 
 # One entry per page. Live fine-tune, Proxy debugger and Teaching join "Explore" / "Method" as
 # they are built; each is a script in pages/.

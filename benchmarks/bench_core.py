@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser helper lives with the tests
 
 import bench_knn  # noqa: E402
 from bench_knn import median_seconds  # noqa: E402
@@ -58,7 +59,7 @@ def bench_features(n: int, batch_size: int, repeats: int) -> None:
 
 
 def bench_app(cold: bool, repeats: int) -> None:
-    from app.browser import app_server, chromium_page, seconds_to_maps
+    from browser import app_server, chromium_page, seconds_to_maps
     from proxyfda.cli import main as cli
 
     print("\napp: time from opening the page to both drift maps drawn (Chromium, Playwright)")

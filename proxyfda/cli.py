@@ -188,7 +188,7 @@ def cmd_wise(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Build the default fine-tuned encoder and warm every cache the app's first page needs."""
     from .default import ensure_default_finetuned
-    from .drift import drift_features, load_drift_images
+    from .drift import cached_drift, drift_features, load_drift_images
     from .projection import project_pair
 
     run_dir = ensure_default_finetuned(callback=_finetune_printer("default fine-tune"))
@@ -198,18 +198,27 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     bar = _StageBar()
     x_a, x_b = drift_features(config, images, progress=bar)
     bar.close()
+    cached_drift(x_a, x_b, images.labels, images.class_names, config.k, backend=config.knn_backend)
     print("projecting both spaces with UMAP (the first fit in a process compiles numba: about a minute)")
     project_pair(x_a, x_b, method=config.projection, seed=config.seed)
     print("ready")
+
+
+def streamlit_command(port: int, headless: bool, address: str | None = None) -> list[str]:
+    """The ``streamlit run`` command line of the app with its settings: no usage statistics, and the
+    toolbar without Streamlit's "Deploy" button (a local tool deploys nothing)."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(port),
+               "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal"]
+    return command + (["--server.address", address] if address else [])
 
 
 def cmd_app(args: argparse.Namespace) -> None:
     if not APP_ENTRY.exists():
         raise ProxyFDAError(f"the app's entry point {APP_ENTRY} is missing: install proxyfda from a checkout "
                             "with `pip install -e .`")
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(args.port),
-               "--server.headless", "true" if args.headless else "false", "--browser.gatherUsageStats", "false"]
-    os.execv(sys.executable, command)
+    command = streamlit_command(args.port, args.headless)
+    os.execv(command[0], command)
 
 
 def build_parser() -> argparse.ArgumentParser:

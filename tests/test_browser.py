@@ -1,12 +1,13 @@
 """The real app in a real browser: `streamlit run` on the embedded default, driven by Playwright
 through Debian's Chromium. The session cache is prepared first (default fine-tune, features,
-maps), as `proxyfda prepare` does, so the browser part sees a warm start."""
+maps), as `proxyfda prepare` does, so the browser part sees a warm start. Screenshots of every page
+land in screenshots/ (git-ignored) for a person to look at."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.browser import app_server, chromium_page, seconds_to_maps
+from browser import SCREENSHOTS, app_server, chromium_page, seconds_to_maps
 
 pytestmark = pytest.mark.browser
 
@@ -20,10 +21,12 @@ def app_url():
         yield url
 
 
-def test_default_app_renders_both_maps_and_links_a_lasso(app_url, tmp_path):
+def test_default_app_renders_both_maps_and_links_a_lasso(app_url):
     with chromium_page() as page:
         seconds_to_maps(page, app_url, timeout_ms=180_000)
+        page.screenshot(path=str(SCREENSHOTS / "drift_explorer.png"), full_page=True)
         assert page.get_by_text("Fine-tuned", exact=True).count() >= 1
+        assert page.get_by_role("button", name="Deploy").count() == 0  # a local tool deploys nothing
         # each map draws the 2,000 default points in WebGL
         lengths = page.evaluate("[...document.querySelectorAll('.stPlotlyChart .js-plotly-plot')]"
                                 ".slice(0, 2).map(g => g._fullData[0]._length)")
@@ -43,4 +46,4 @@ def test_default_app_renders_both_maps_and_links_a_lasso(app_url, tmp_path):
             "(() => { const g = document.querySelectorAll('.stPlotlyChart .js-plotly-plot')[1];"
             " const s = g && g.data[0].selectedpoints; return s && s.length > 100; })()", timeout=60_000)
         page.get_by_text("Selection", exact=False).first.wait_for(timeout=30_000)
-        page.screenshot(path=str(tmp_path / "drift_explorer.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / "drift_explorer_lasso.png"), full_page=True)

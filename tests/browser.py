@@ -1,4 +1,4 @@
-"""Drive the real app in a real browser: used by the end-to-end test and the app benchmark.
+"""Drive the real app in a real browser: a test helper, used by the end-to-end test and the app benchmark.
 
 Starts ``streamlit run app/main.py`` on a free loopback port and Debian's Chromium through
 Playwright (never a browser that Playwright downloads: this machine cannot fetch one).
@@ -10,12 +10,15 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
+from proxyfda.cli import streamlit_command
+
 ROOT = Path(__file__).resolve().parent.parent
+#: where the browser tests save what each page looked like
+SCREENSHOTS = Path(os.environ.get("PROXYFDA_SCREENSHOTS", ROOT / "screenshots"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -36,8 +39,7 @@ def app_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> Iter
     """Run the app in a subprocess; yield its URL once the port answers; stop it afterwards."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        streamlit_command(port, headless=True, address="127.0.0.1"),
         cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
@@ -63,6 +65,7 @@ def chromium_page(width: int = 1500, height: int = 1800):
     """A Playwright page in headless Debian Chromium."""
     from playwright.sync_api import sync_playwright
 
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     if not CHROMIUM.exists():
         raise RuntimeError("Debian's chromium is needed: apt-get install -y chromium (`make test` installs it)")
     with sync_playwright() as pw:
