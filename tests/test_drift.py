@@ -25,7 +25,9 @@ from scipy.spatial import procrustes
 from sklearn.manifold import trustworthiness as sk_trustworthiness
 
 from proxyfda.config import DriftConfig
+from proxyfda import metrics as M
 from proxyfda.drift import compute_drift
+from proxyfda.errors import ProxyFDAError
 
 K = 2
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -207,3 +209,18 @@ def test_save_without_config_writes_no_config_file(tmp_path):
     x = rng.normal(size=(10, 4))
     out = compute_drift(x, x, np.zeros(10, dtype=int), ["only"], 2, backend="torch").save(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["classes.csv", "metrics.json", "points.parquet"]
+
+
+@pytest.mark.xfail(strict=True, reason="real bug: compute_drift's L2 drift subtracts the two feature arrays "
+                   "directly, so encoders of different widths (e.g. open_clip 512-d vs EfficientNet 1280-d, which "
+                   "CKA and Procrustes support) crash with a raw numpy ValueError instead of a result or a "
+                   "ProxyFDAError; the app only catches ProxyFDAError, so the Drift Explorer shows a traceback")
+def test_different_feature_widths_give_a_report_or_a_clear_error():
+    rng = np.random.default_rng(3)
+    x_a, x_b = rng.normal(size=(20, 5)), rng.normal(size=(20, 7))
+    try:
+        report = compute_drift(x_a, x_b, np.zeros(20, dtype=int), ["only"], 3, backend="torch")
+    except ProxyFDAError as exc:
+        assert "width" in str(exc)
+    else:
+        assert report.metrics["linear_cka"] == pytest.approx(M.linear_cka(x_a, x_b))
