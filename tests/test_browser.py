@@ -8,7 +8,7 @@ import pytest
 
 from app.browser import app_server, chromium_page, seconds_to_maps
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
