@@ -6,6 +6,8 @@ the chart callbacks write (app.session), and the selection parser is tested as a
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -13,6 +15,8 @@ from streamlit.testing.v1 import AppTest
 from app.linked_maps import map_figure, selection_ids
 from app.session import FOCUS_KEY, SELECTION_KEY
 from conftest import ROOT, TINY_FINETUNE
+from proxyfda.drift import compute_drift
+from test_app_views import _panel_sets, values
 
 PAGE = str(ROOT / "pages" / "drift_explorer.py")
 SMALL = {"drift.cfg.data": "digits:test", "drift.cfg.n": 120, "drift.cfg.k": 5, "drift.cfg.image_size": 32}
@@ -56,6 +60,7 @@ def test_first_launch_builds_the_default_with_progress_then_shows_drift(tiny_def
     assert any("2D maps" in i.value for i in at.info)
 
 
+@pytest.mark.slow  # 18-42 s: fits UMAP (numba compile)
 def test_maps_from_cache_and_injected_selection(tiny_default):
     at = page()
     # compute the maps the page asked for, as the background job would
@@ -67,16 +72,28 @@ def test_maps_from_cache_and_injected_selection(tiny_default):
     images = load_images("digits:test", n=120)
     feats = [extract_features(create_encoder(s, image_size=32), images)
              for s in ("efficientnet-lite0", "default-finetuned")]
-    project_pair(feats[0], feats[1], method="init", seed=0)
+    maps = project_pair(feats[0], feats[1], method="init", seed=0)
     at.session_state[SELECTION_KEY] = [3, 4, 5]
     at.session_state[FOCUS_KEY] = 7
+    at.session_state["drift.show_images"] = False  # neighbour lists as text, so their ids can be read
     at.run()
     assert not at.exception
-    charts = [c for c in at.get("plotly_chart") if c.key in ("drift.map_a", "drift.map_b")]
+    charts = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key in ("drift.map_a", "drift.map_b")}
     assert len(charts) == 2
+    # the selection reaches both maps; each rings the focused point's neighbours in its own space
+    report = compute_drift(feats[0], feats[1], images.labels, images.class_names, 5)
+    for key, coords, graph in (("drift.map_a", maps[0], report.graph_a), ("drift.map_b", maps[1], report.graph_b)):
+        traces = charts[key]["data"]
+        assert traces[0]["selectedpoints"] == [3, 4, 5], key
+        assert [t["name"] for t in traces] == ["points", "neighbours", "focus"]
+        np.testing.assert_allclose(values(traces[1]["x"]), coords[graph.indices[7], 0], rtol=1e-6, err_msg=key)
     text = markdown_text(at)
     assert "**Point 7**" in text
     assert "**Selection**: 3 points" in text
+    # the neighbour panel lists exactly the report's kept / lost / gained for point 7
+    shown = _panel_sets(at)
+    for name, ids in report.neighbours(7).items():
+        assert shown[name] == set(ids.tolist()), name
 
 
 @pytest.mark.parametrize("state, message", [

@@ -9,7 +9,7 @@ import pytest
 
 from browser import SCREENSHOTS, app_server, chromium_page, seconds_to_maps
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

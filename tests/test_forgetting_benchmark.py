@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -13,6 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import forgetting  # noqa: E402
 
 
+@pytest.mark.slow  # real fine-tunes and probes
 def test_quick_forgetting_benchmark(tmp_path, capsys):
     assert forgetting.main(["--quick", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

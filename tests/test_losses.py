@@ -173,3 +173,56 @@ def test_registry_lists_and_builds_every_regulariser():
         build_regularizer("proxy-fda", kk=4)
     with pytest.raises(ProxyFDAError, match="reference_state"):
         build_regularizer("l2sp")
+
+
+# ---- pair_weights: hand-written matrices for every negative_weight option --------------------------------
+
+from proxyfda.losses.fda import pair_weights, pretrained_neighbours  # noqa: E402
+
+#: pre-trained similarities covering positive, zero and negative values on both sides of the graph
+PAIR_SIMS = torch.tensor([[0.9, -0.2, 0.5],
+                          [0.3, 0.0, -0.6],
+                          [-0.4, 0.7, 1.0]])
+PAIR_POSITIVE = torch.tensor([[True, True, False],
+                              [False, True, True],
+                              [True, False, False]])
+
+
+@pytest.mark.parametrize("negative_weight, expected", [
+    # positives: ŵ clipped at 0 (no pull for ŵ <= 0); negatives: -1
+    ("one", [[0.9, 0.0, -1.0],
+             [-1.0, 0.0, 0.0],
+             [0.0, -1.0, -1.0]]),
+    # negatives: -max(ŵ, 0), never a pull
+    ("sim", [[0.9, 0.0, -0.5],
+             [-0.3, 0.0, 0.0],
+             [0.0, -0.7, -1.0]]),
+    # negatives: -(1 - ŵ), unclipped
+    ("one_minus_sim", [[0.9, 0.0, -0.5],
+                       [-0.7, 0.0, 0.0],
+                       [0.0, -0.3, 0.0]]),
+])
+def test_pair_weights_hand_matrices(negative_weight, expected):
+    weights = pair_weights(PAIR_SIMS, PAIR_POSITIVE, negative_weight)
+    torch.testing.assert_close(weights, torch.tensor(expected))
+
+
+def test_pair_weights_one_minus_sim_of_a_negative_similarity_pushes_harder_than_one():
+    sims = torch.tensor([[-0.5, 0.25]])
+    weights = pair_weights(sims, torch.tensor([[False, False]]), "one_minus_sim")
+    torch.testing.assert_close(weights, torch.tensor([[-1.5, -0.75]]))
+
+
+def test_pretrained_neighbours_hand_example():
+    """order, positives and the per-anchor kNN boundary (midpoint of the K-th and (K+1)-th similarity)."""
+    sims = torch.tensor([[1.0, 0.8, 0.1, 0.5],
+                         [0.8, 1.0, 0.3, 0.2],
+                         [0.1, 0.3, 1.0, 0.6],
+                         [0.5, 0.2, 0.6, 1.0]])
+    graph = pretrained_neighbours(sims, 2)
+    assert graph.order.tolist() == [[1, 3, 2], [0, 2, 3], [3, 1, 0], [2, 0, 1]]
+    assert graph.positive.tolist() == [[False, True, False, True], [True, False, True, False],
+                                       [False, True, False, True], [True, False, True, False]]
+    torch.testing.assert_close(graph.boundary, torch.tensor([0.3, 0.25, 0.2, 0.35]))
+    # K = B − 1: no (K+1)-th, the boundary is the K-th similarity itself
+    torch.testing.assert_close(pretrained_neighbours(sims, 3).boundary, torch.tensor([0.1, 0.2, 0.1, 0.2]))

@@ -29,7 +29,9 @@ def history(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["naive", "l2sp", "ldifs", "lp-ft", "fda", "proxy-fda"])
+# lp-ft (its probe on every training feature) and l2sp took 106 s and 27 s on two shared cores
+@pytest.mark.parametrize("method", ["naive", pytest.param("l2sp", marks=pytest.mark.slow), "ldifs",
+                                    pytest.param("lp-ft", marks=pytest.mark.slow), "fda", "proxy-fda"])
 def test_each_method_runs_and_saves_a_loadable_encoder(method, tmp_path):
     result = finetune(TINY.replace(method=method), tmp_path / method)
     assert result.status == "completed" and result.steps_done == 2
@@ -103,6 +105,7 @@ def test_safe_method_through_the_engine(tmp_path):
     assert zero_shot["delta"] == pytest.approx(zero_shot["finetuned"] - zero_shot["pretrained"])
 
 
+@pytest.mark.slow  # 127 s: real probes and OTDD over two runs
 def test_forgetting_report_over_runs(tiny_run, tmp_path):
     wise = wise_run(tiny_run, 0.0, tmp_path / "wise0")  # the pre-trained weights: nothing forgotten
     held_out = {"fashion-mnist:test": 120}

@@ -1,5 +1,7 @@
 """ProxyGenerator and ProxyFDALoss: convex proxies from the right sets, its own training, records."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,3 +163,211 @@ def test_sequence_conv_equals_torch_conv1d():
         conv.weight.copy_(reference.weight.permute(1, 2, 0).reshape(5, 12))
         conv.bias.copy_(reference.bias)
     torch.testing.assert_close(conv(x), reference(x.transpose(1, 2)).transpose(1, 2))
+
+
+# ---- Proxy-FDA's loss against a brute-force reference, with pooling weights fixed by the test ----------
+#
+# `ProxyGenerator.pool` is replaced by a stub returning known pooling weights (over each anchor's members in
+# decreasing pre-trained similarity, positives first) and known estimated similarities. The reference then
+# rebuilds everything from the documentation, anchor by anchor: the pre-trained kNN sets, the per-anchor
+# threshold, each proxy p = Σ a_j x_j materialised explicitly from the unit fine-tuned features, the list of
+# (fine-tuned cosine, signed weight, is-positive) pairs over real members and proxies, softplus(w (b − s/τ))
+# and the reduction.
+
+RB, RD, RK, RP = 10, 6, 3, 2  # batch, dim, neighbours, proxies per side
+
+
+def _fixed_pool(b, k, p, seed=5):
+    """Pooling weights [B, 2P, B-1] (each slot a convex combination of its own set only) and sim_est [B, 2P]."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.rand(b, 2 * p, b - 1, generator=g, dtype=torch.float64) + 0.05
+    own = (torch.arange(2 * p) < p)[:, None] == (torch.arange(b - 1) < k)[None, :]
+    weights = raw * own
+    weights = weights / weights.sum(-1, keepdim=True)
+    sim_est = torch.rand(b, 2 * p, generator=g, dtype=torch.float64) * 1.4 - 0.4  # some < 0: clipped on positives
+    return weights, sim_est
+
+
+@pytest.fixture
+def stub_pool(monkeypatch):
+    from proxyfda.losses.proxies import PoolResult
+
+    weights, sim_est = _fixed_pool(RB, RK, RP)
+    calls = []
+
+    def pool(self, sim_ft, sim_pre, proj, n_pos):
+        calls.append((sim_ft.detach().clone(), sim_pre.detach().clone(), n_pos))
+        return PoolResult(weights.to(sim_ft.dtype), sim_est.to(sim_ft.dtype))
+
+    monkeypatch.setattr(ProxyGenerator, "pool", pool)
+    return weights, sim_est, calls
+
+
+@pytest.fixture
+def ref_batch():
+    g = torch.Generator().manual_seed(11)
+    feats_pre = torch.randn(RB, RD, generator=g, dtype=torch.float64)
+    feats = feats_pre + 0.8 * torch.randn(RB, RD, generator=g, dtype=torch.float64)
+    return feats, feats_pre
+
+
+def _signed_weight(w_hat: float, positive: bool, negative_weight: str) -> float:
+    """The documented pair weight: ŵ (clipped at 0) for positives; −1, −max(ŵ, 0) or −(1 − ŵ) for negatives."""
+    if positive:
+        return max(w_hat, 0.0)
+    return {"one": -1.0, "sim": -max(w_hat, 0.0), "one_minus_sim": -(1.0 - w_hat)}[negative_weight]
+
+
+def reference_proxy_fda(feats, feats_pre, pool_weights, sim_est, *, k, p, tau, bias, threshold, negative_weight,
+                        reduction, proxy_similarity, proxy_weight, weight, detach_proxies):
+    """(loss, loss_pos, loss_neg) of Proxy-FDA, pair by pair (torch scalars, so gradients can be compared)."""
+    x = feats / feats.norm(dim=1, keepdim=True)
+    xp = (feats_pre / feats_pre.norm(dim=1, keepdim=True)).detach()
+    members_x = x.detach() if detach_proxies else x
+    b = len(x)
+    totals, pos_parts, neg_parts = [], [], []
+    for i in range(b):
+        pre = {j: float(xp[i] @ xp[j]) for j in range(b) if j != i}
+        others = sorted(pre, key=lambda j: -pre[j])
+        neighbours = set(others[:k])
+        bi = bias if threshold == "fixed" else bias + 0.5 * (pre[others[k - 1]] + pre[others[k]]) / tau
+        pairs = []  # (fine-tuned cosine, signed weight, is positive)
+        for j in others:
+            pairs.append((x[i] @ x[j], _signed_weight(pre[j], j in neighbours, negative_weight), j in neighbours))
+        for q in range(2 * p):
+            a = pool_weights[i, q]
+            proxy = sum(a[s] * members_x[j] for s, j in enumerate(others))
+            twin = sum(a[s] * xp[j] for s, j in enumerate(others))
+            cos = x[i] @ proxy / proxy.norm()
+            w_hat = float(sim_est[i, q]) if proxy_similarity == "estimated" else float(xp[i] @ twin / twin.norm())
+            pairs.append((cos, proxy_weight * _signed_weight(w_hat, q < p, negative_weight), q < p))
+        terms = [(F.softplus(torch.as_tensor(w, dtype=x.dtype) * (bi - s / tau)), is_pos) for s, w, is_pos in pairs]
+        pos = [t for t, is_pos in terms if is_pos]
+        neg = [t for t, is_pos in terms if not is_pos]
+        assert len(pos) == k + p and len(neg) == b - 1 - k + p
+        if reduction == "paper":
+            pos_part, neg_part = sum(pos) / len(terms), sum(neg) / len(terms)
+        else:
+            pos_part, neg_part = sum(pos) / len(pos), sum(neg) / len(neg)
+        totals.append(pos_part + neg_part)
+        pos_parts.append(pos_part)
+        neg_parts.append(neg_part)
+    return weight * sum(totals) / b, sum(pos_parts) / b, sum(neg_parts) / b
+
+
+REF_OPTIONS = dict(k=RK, n_proxies=RP, tau=0.2, bias=0.3, threshold="knn", negative_weight="one_minus_sim",
+                   reduction="balanced", proxy_similarity="estimated", proxy_weight=1.0, weight=1.5,
+                   detach_proxies=False)
+
+
+# τ and b live in float32 buffers, so the loss agrees with the float64 reference to ~1e-8, not to machine precision
+
+
+def _run(feats, feats_pre, **options):
+    loss = ProxyFDALoss(**options)
+    return loss(feats, feats_pre, return_terms=True)
+
+
+def _reference(feats, feats_pre, stub_pool, options):
+    weights, sim_est, _ = stub_pool
+    ref_options = {("p" if name == "n_proxies" else name): v for name, v in options.items()}
+    return reference_proxy_fda(feats, feats_pre, weights, sim_est, **ref_options)
+
+
+@pytest.mark.parametrize("proxy_similarity", ["estimated", "pooled"])
+@pytest.mark.parametrize("reduction", ["balanced", "paper"])
+@pytest.mark.parametrize("negative_weight", ["one", "sim", "one_minus_sim"])
+def test_proxy_fda_loss_matches_brute_force_reference(stub_pool, ref_batch, negative_weight, reduction,
+                                                      proxy_similarity):
+    """loss, loss_pos and loss_neg equal the pair-by-pair definition with explicitly built proxies."""
+    feats, feats_pre = ref_batch
+    options = {**REF_OPTIONS, "negative_weight": negative_weight, "reduction": reduction,
+               "proxy_similarity": proxy_similarity, "proxy_weight": 0.4}
+    terms = _run(feats, feats_pre, **options)
+    loss, pos, neg = _reference(feats, feats_pre, stub_pool, options)
+    assert terms["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert terms["fda"].item() == pytest.approx(loss.item() / options["weight"], rel=1e-6)
+    assert terms["loss_pos"].item() == pytest.approx(pos.item(), rel=1e-6)
+    assert terms["loss_neg"].item() == pytest.approx(neg.item(), rel=1e-6)
+
+
+def test_proxy_fda_fixed_threshold_matches_reference(stub_pool, ref_batch):
+    feats, feats_pre = ref_batch
+    options = {**REF_OPTIONS, "threshold": "fixed", "bias": 4.0}
+    terms = _run(feats, feats_pre, **options)
+    loss, pos, neg = _reference(feats, feats_pre, stub_pool, options)
+    assert (terms["loss"].item(), terms["loss_pos"].item(), terms["loss_neg"].item()) == pytest.approx(
+        (loss.item(), pos.item(), neg.item()), rel=1e-6)
+
+
+def test_the_stub_pool_sees_members_in_decreasing_pretrained_similarity(stub_pool, ref_batch):
+    """What the generator pools over: each anchor's others by decreasing pre-trained cosine, K positives first."""
+    feats, feats_pre = ref_batch
+    _run(feats, feats_pre, **REF_OPTIONS)
+    (sim_ft, sim_pre, n_pos), = stub_pool[2]
+    assert n_pos == RK and sim_pre.shape == (RB, RB - 1)
+    xp = F.normalize(feats_pre, dim=1)
+    x = F.normalize(feats, dim=1)
+    for i in range(RB):
+        pre = xp[i] @ xp.T
+        pre[i] = -math.inf
+        order = pre.argsort(descending=True)[:-1]
+        torch.testing.assert_close(sim_pre[i], pre[order])
+        torch.testing.assert_close(sim_ft[i], x[i] @ x[order].T)
+
+
+def test_proxy_weight_and_similarity_choice_change_the_loss(stub_pool, ref_batch):
+    """proxy_weight = 0 leaves plain FDA over the real pairs (balanced: proxies still count in the means);
+    "pooled" and "estimated" give different losses when the estimate is off."""
+    feats, feats_pre = ref_batch
+    values = {}
+    for similarity in ("estimated", "pooled"):
+        for pw in (0.0, 0.4, 1.0):
+            values[similarity, pw] = _run(feats, feats_pre, **{**REF_OPTIONS, "proxy_similarity": similarity,
+                                                               "proxy_weight": pw})["loss"].item()
+    assert values["estimated", 0.0] == pytest.approx(values["pooled", 0.0], rel=1e-12)
+    assert values["estimated", 1.0] != pytest.approx(values["pooled", 1.0], rel=1e-3)
+    assert len({round(values["estimated", pw], 9) for pw in (0.0, 0.4, 1.0)}) == 3
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_gradients_match_the_reference_with_and_without_detached_proxies(stub_pool, ref_batch, detach):
+    """detach_proxies=True: proxies are fixed targets (built from detached members), so only the anchor
+    gets gradient from a proxy pair; False: the members pooled into a proxy get gradient too."""
+    feats, feats_pre = ref_batch
+    options = {**REF_OPTIONS, "detach_proxies": detach, "negative_weight": "one", "reduction": "paper"}
+    x = feats.clone().requires_grad_(True)
+    _run(x, feats_pre, **options)["loss"].backward()
+    x_ref = feats.clone().requires_grad_(True)
+    _reference(x_ref, feats_pre, stub_pool, options)[0].backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-8)
+    # and the two settings really differ in what flows
+    x_other = feats.clone().requires_grad_(True)
+    _reference(x_other, feats_pre, stub_pool, {**options, "detach_proxies": not detach})[0].backward()
+    assert not torch.allclose(x_ref.grad, x_other.grad)
+
+
+def test_detached_proxy_terms_give_members_no_gradient(stub_pool, ref_batch):
+    """detach_proxies: the proxy pairs' gradient (loss at proxy_weight 1 minus at 0: the real pairs and the
+    pair counts are the same) reaches each row only as an anchor. Row i's share must equal the gradient of
+    anchor i's own proxy terms with every other row held constant; without detaching it does not."""
+    feats, feats_pre = ref_batch
+    proxy_grad = {}
+    for detach in (False, True):
+        grads = []
+        for pw in (1.0, 0.0):
+            x = feats.clone().requires_grad_(True)
+            _run(x, feats_pre, **{**REF_OPTIONS, "detach_proxies": detach, "proxy_weight": pw})["loss"].backward()
+            grads.append(x.grad)
+        proxy_grad[detach] = grads[0] - grads[1]
+    expected = torch.zeros_like(feats)
+    for i in range(RB):
+        row = feats[i].clone().requires_grad_(True)
+        x = torch.cat([feats[:i], row[None], feats[i + 1:]])  # only row i is a leaf
+        on, off = (_reference(x, feats_pre, stub_pool, {**REF_OPTIONS, "detach_proxies": True, "proxy_weight": pw})[0]
+                   for pw in (1.0, 0.0))
+        (on - off).backward()
+        expected[i] = row.grad
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(proxy_grad[True], expected, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(proxy_grad[False], expected)
