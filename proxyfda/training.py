@@ -57,8 +57,9 @@ def lr_at(step: int, config: FinetuneConfig) -> float:
 def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
     """Top-1 accuracy of encoder + head on ``images`` in eval mode; every module's mode is restored
     afterwards (``encoder.train()`` would also unfreeze frozen BatchNorm layers)."""
-    modes = [(module, module.training) for module in encoder.modules()]
+    modes = [(module, module.training) for part in (encoder, head) for module in part.modules()]
     encoder.eval()
+    head.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
         idx = np.arange(start, min(start + batch_size, len(images)))

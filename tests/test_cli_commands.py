@@ -128,4 +128,4 @@ def test_forgetting_writes_the_report_and_prints_the_table(stub_world, tmp_path,
 
 def test_forgetting_on_a_non_run_directory_exits_2(tmp_path, capsys):
     assert main(["forgetting", "--runs", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
-    assert "is not a run directory" in capsys.readouterr().err
+    assert "is not a proxyfda run directory" in capsys.readouterr().err  # the run directory owner's message

@@ -190,7 +190,7 @@ def _fixed_pool(b, k, p, seed=5):
 
 @pytest.fixture
 def stub_pool(monkeypatch):
-    from proxyfda.losses.proxies import PoolResult
+    from proxyfda.losses.proxy_generator import PoolResult
 
     weights, sim_est = _fixed_pool(RB, RK, RP)
     calls = []

@@ -171,9 +171,6 @@ class ModeRecordingHead(ThresholdHead):
         return super().forward(feats)
 
 
-@pytest.mark.xfail(strict=True, reason="latent bug: evaluate's docstring promises 'encoder + head ... in eval "
-                   "mode' but only the encoder is switched; a head with dropout or BatchNorm would be evaluated in "
-                   "train mode (harmless today because finetune's head is a plain nn.Linear)")
 def test_evaluate_runs_the_head_in_eval_mode_too():
     head = ModeRecordingHead()
     head.train()
