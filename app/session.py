@@ -12,6 +12,7 @@ import streamlit as st
 
 SELECTION_KEY = "drift.selection"  # row ids selected on either map (list[int])
 FOCUS_KEY = "drift.focus"  # the row whose neighbours are shown (int)
+TAB_KEY = "drift.tab"  # the open tab under the maps (its label)
 
 
 def set_selection(ids: Sequence[int]) -> None:

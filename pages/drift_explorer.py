@@ -80,10 +80,10 @@ if maps is None:
         maps = job.result()
 explore(maps)
 
-most_tab, class_tab, export_tab = st.tabs(["Most drifted", "Class drift", "Export"])
-with most_tab:
-    most_drifted_table(report)
-with class_tab:
-    class_drift_view(report)
-with export_tab:
-    export_buttons(report)
+# Only the open tab runs: the class heatmap and the export files are built when asked for, which keeps
+# them off the first page's path.
+VIEWS = {"Most drifted": most_drifted_table, "Class drift": class_drift_view, "Export": export_buttons}
+for tab, view in zip(st.tabs(list(VIEWS), key=session.TAB_KEY, on_change="rerun"), VIEWS.values()):
+    if tab.open:
+        with tab:
+            view(report)

@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.linked_maps import map_figure, selection_ids
-from app.session import FOCUS_KEY, SELECTION_KEY
+from app.session import FOCUS_KEY, SELECTION_KEY, TAB_KEY
 from conftest import ROOT, TINY_FINETUNE
 from proxyfda.drift import compute_drift
 from test_app_views import _panel_sets, values
@@ -55,9 +55,15 @@ def test_first_launch_builds_the_default_with_progress_then_shows_drift(tiny_def
     assert labels[:2] == ["overlap@5", "Jaccard"] and "trustworthiness" in labels
     assert "random baseline k/(N−1) = 0.0420" in "\n".join(c.value for c in at.caption)  # 5 / 119
     assert "Point " in markdown_text(at) and "Kept" in markdown_text(at)
-    assert len(at.dataframe) >= 2  # most drifted + class drift
+    assert len(at.dataframe) == 1 and not at.get("download_button")  # only the open tab runs: most drifted
     # the maps are computed in the background; the page says so instead of blocking
     assert any("2D maps" in i.value for i in at.info)
+    at.session_state[TAB_KEY] = "Class drift"
+    at.run()
+    assert len(at.dataframe) == 1 and "drift.class_heatmap" in [c.key for c in at.get("plotly_chart")]
+    at.session_state[TAB_KEY] = "Export"
+    at.run()
+    assert [b.label for b in at.get("download_button")][:1] == ["Per-point drift (CSV)"]
 
 
 @pytest.mark.slow  # 18-42 s: fits UMAP (numba compile)
