@@ -25,9 +25,10 @@ import pandas as pd
 from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
-from .knn import KnnGraph, knn_graph, resolve_backend
+from .errors import ProxyFDAError
+from .knn import KnnGraph, resolve_backend, search
 from .paths import atomic_write_bytes, cache_dir
-from .validation import check_k, unit_rows
+from .validation import check_features, check_k, check_same_n, unit_rows
 
 if TYPE_CHECKING:
     from .backbones import Encoder
@@ -99,18 +100,23 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
                   backend: str = "auto", config: DriftConfig | None = None) -> DriftReport:
     """kNN graphs of both spaces (cosine), per-point drift and the global preservation metrics.
 
-    ``k`` is checked against the number of points and ``backend`` resolved to a concrete one here,
-    once; what is passed on below is already valid.
+    Everything is checked here, once: both feature arrays (finite, one row per label, no all-zero
+    row), k against the number of points, the backend (resolved to a concrete one). The graphs and
+    rank scores below then run on the checked unit rows without checking again.
     """
-    n = len(labels)
+    fix = "drop the images whose features are all zero"
+    a, b = check_features(x_a, "x_a", np.float64), check_features(x_b, "x_b", np.float64)
+    check_same_n(a, b, "x_a", "x_b")
+    n = len(a)
+    if len(labels) != n:
+        raise ProxyFDAError(f"there are {len(labels)} labels for {n} feature rows: give one label per image")
     k = check_k(k, n)
     backend = resolve_backend(backend, n)
-    graph_a = knn_graph(x_a, k, metric="cosine", backend=backend)
-    graph_b = knn_graph(x_b, k, metric="cosine", backend=backend)
+    unit_a, unit_b = unit_rows(a, "x_a", fix), unit_rows(b, "x_b", fix)  # float64: L2 and rank scores
+    graph_a, graph_b = (search(np.ascontiguousarray(u, dtype=np.float32), k, "ip", backend) for u in (unit_a, unit_b))
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
-    fix = "drop the images whose features are all zero"
-    l2 = np.linalg.norm(unit_rows(x_a, "x_a", fix) - unit_rows(x_b, "x_b", fix), axis=1)
+    l2 = np.linalg.norm(unit_a - unit_b, axis=1)
     metrics: dict[str, float | int | str] = {
         "n": n,
         "k": k,
@@ -118,13 +124,13 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         "overlap_at_k_mean": float(overlap.mean()),
         "overlap_at_k_random_baseline": M.overlap_random_baseline(k, n),
         "jaccard_mean": float(jaccard.mean()),
-        "linear_cka": M.linear_cka(x_a, x_b),
-        "procrustes_disparity": M.procrustes_disparity(x_a, x_b),
+        "linear_cka": M.linear_cka(a, b),
+        "procrustes_disparity": M.procrustes_disparity(a, b),
         "mean_l2_drift": float(l2.mean()),
     }
     if k < n / 2:  # the definition of trustworthiness needs it
-        metrics["trustworthiness"] = M.trustworthiness(x_a, x_b, k, metric="cosine", neighbours=graph_b.indices)
-        metrics["continuity"] = M.continuity(x_a, x_b, k, metric="cosine", neighbours=graph_a.indices)
+        metrics["trustworthiness"], metrics["continuity"] = M.rank_preservation(
+            unit_a, unit_b, graph_a.indices, graph_b.indices)
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
     return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
                        overlap=overlap, jaccard=jaccard, l2_drift=l2, metrics=metrics, class_table=class_table,

@@ -54,12 +54,18 @@ def knn_graph(x: Any, k: int, metric: str = "cosine", backend: str = "auto",
     n = feats.shape[0]
     k = check_k(k, n)
     if metric == "cosine":
-        feats = unit_rows(feats, "x", "drop those points, or use metric='l2' or 'ip'")
+        feats, metric = unit_rows(feats, "x", "drop those points, or use metric='l2' or 'ip'"), "ip"
     block_size = check_block_size(block_size, default_block_size(n))
-    chosen = resolve_backend(backend, n)
-    if chosen == "torch":
-        return _torch_knn(feats, k, metric, block_size)
-    return _faiss_knn(feats, k, metric, gpu=chosen == "faiss-gpu")
+    return search(feats, k, metric, resolve_backend(backend, n), block_size)
+
+
+def search(feats: np.ndarray, k: int, metric: str, backend: str, block_size: int | None = None) -> KnnGraph:
+    """The search behind `knn_graph`, for callers that have checked its inputs once already:
+    ``feats`` float32, C-contiguous and finite (unit rows for a cosine graph, searched with "ip"),
+    1 ≤ k < N, ``metric`` "ip" or "l2", ``backend`` a concrete one (`resolve_backend`)."""
+    if backend == "torch":
+        return _torch_knn(feats, k, metric, block_size or default_block_size(len(feats)))
+    return _faiss_knn(feats, k, metric, gpu=backend == "faiss-gpu")
 
 
 def resolve_backend(backend: str, n: int) -> str:

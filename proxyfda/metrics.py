@@ -101,7 +101,25 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
     if neighbours is None:  # on unit rows the inner product orders neighbours as cosine does
         neighbours = knn_graph(searched, k, metric="l2" if metric == "euclidean" else "ip").indices
     block_size = check_block_size(block_size, max(1, _RANK_BLOCK_ELEMENTS // n))
-    ranks = _ranks(ranked, _check_neighbours(neighbours, n, k), metric, block_size)
+    return _intrusion_score(ranked, _check_neighbours(neighbours, n, k), metric, block_size)
+
+
+def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray,
+                      idx_b: np.ndarray) -> tuple[float, float]:
+    """(trustworthiness, continuity) of space B w.r.t. space A with the cosine metric, for callers
+    that have checked everything once already: unit rows of both spaces and their self-free kNN
+    graphs [N, k] with k < N/2 (as `proxyfda.drift.compute_drift` has). Equal to
+    ``trustworthiness(a, b, k, "cosine", neighbours=idx_b)`` and ``continuity(a, b, k, "cosine",
+    neighbours=idx_a)``."""
+    a, b = unit_a.astype(np.float64, copy=False), unit_b.astype(np.float64, copy=False)
+    block_size = max(1, _RANK_BLOCK_ELEMENTS // len(a))
+    return (_intrusion_score(a, idx_b, "cosine", block_size), _intrusion_score(b, idx_a, "cosine", block_size))
+
+
+def _intrusion_score(ranked: np.ndarray, neighbours: np.ndarray, metric: str, block_size: int) -> float:
+    """1 − the normalised sum of how far beyond rank k each neighbour sits in ``ranked`` (sklearn's T(k))."""
+    n, k = neighbours.shape
+    ranks = _ranks(ranked, neighbours, metric, block_size)
     penalty = np.maximum(ranks - k, 0).sum(dtype=np.float64)
     return float(1.0 - penalty * 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)))
 
