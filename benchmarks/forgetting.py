@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     base = FinetuneConfig(steps=steps, eval_every=max(1, steps // 3))
     runs_dir = Path(args.runs_dir) / ("quick" if args.quick else "full")
     print(f"fine-tuning {base.base_encoder} on {base.data}: {', '.join(methods)} × seeds {seeds}, "
-          f"{steps} steps, batch {base.batch_size}, BatchNorm {base.bn_mode}", flush=True)
+          f"{steps} steps, batch {resolve_config(base).batch_size}, BatchNorm {base.bn_mode}", flush=True)
     dirs = run_all(methods, seeds, base, runs_dir, json.loads(args.reg_options))
     report = forgetting_report(dirs, held_out=QUICK_HELD_OUT if args.quick else None)
     print_table(report)

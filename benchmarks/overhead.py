@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxyfda.config import FinetuneConfig  # noqa: E402
+from proxyfda.methods import resolve_config  # noqa: E402
 from proxyfda.runs import Run  # noqa: E402
 from proxyfda.training import finetune  # noqa: E402
 
@@ -50,7 +51,8 @@ def main() -> int:
             print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
                 f"{m} {statistics.median(times[m]):.3f}s" for m in methods), flush=True)
     naive = statistics.median(times["naive"]) if "naive" in times else None
-    print(f"\nbatch {base.batch_size}, {base.image_size} px, {args.rounds} rounds × {args.steps - WARMUP_STEPS} "
+    resolved = resolve_config(base)
+    print(f"\nbatch {resolved.batch_size}, {resolved.image_size} px, {args.rounds} rounds × {args.steps - WARMUP_STEPS} "
           "timed steps per method")
     print(f"{'method':<12}{'median s/step':>15}{'vs naive':>10}")
     for method in methods:

@@ -263,3 +263,19 @@ def test_class_drift_bad_labels(two_classes):
         M.class_drift(idx_a, idx_b, labels[:5])
     with pytest.raises(ProxyFDAError, match="integer class ids"):
         M.class_drift(idx_a, idx_b, labels.astype(str))
+
+
+def test_rank_preservation_is_trustworthiness_and_continuity_on_checked_inputs():
+    """The drift report's shortcut (unit rows and graphs already checked) equals the public functions."""
+    from proxyfda.knn import knn_graph
+    from proxyfda.metrics import continuity, rank_preservation, trustworthiness
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(80, 6))
+    b = a + 0.8 * rng.normal(size=(80, 6))
+    unit_a, unit_b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    idx_a, idx_b = knn_graph(a, 7).indices, knn_graph(b, 7).indices
+    t, c = rank_preservation(unit_a, unit_b, idx_a, idx_b)
+    assert t == pytest.approx(trustworthiness(a, b, 7, metric="cosine", neighbours=idx_b), abs=1e-12)
+    assert c == pytest.approx(continuity(a, b, 7, metric="cosine", neighbours=idx_a), abs=1e-12)
+    assert t < 1.0 and c < 1.0
