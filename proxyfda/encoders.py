@@ -67,13 +67,13 @@ def create_encoder(spec: str, *, image_size: int | None = None, device: "str | t
     """
     from .device import resolve_device
 
-    if spec.strip() == DEFAULT_FINETUNED and not default_run_ready():
-        raise ProxyFDAError("the embedded default fine-tuned encoder is not built on this machine yet: run "
-                            "`proxyfda prepare` (about two minutes on a CPU), or call "
-                            "proxyfda.default.ensure_default_finetuned()")
     spec = canonical_spec(spec)
     prefix, _, arg = spec.partition(":")
     if prefix == "run":
+        if Path(arg) == default_run_dir() and not default_run_ready():  # the alias, or a run saved on top of it
+            raise ProxyFDAError("the embedded default fine-tuned encoder is not built on this machine yet: run "
+                                "`proxyfda prepare` (about two minutes on a CPU), or call "
+                                "proxyfda.default.ensure_default_finetuned()")
         encoder = _run_encoder(Run.open(arg), image_size, load_weights)
     elif prefix == "safe":
         if not arg:

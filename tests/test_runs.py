@@ -96,6 +96,8 @@ def tiny_default(monkeypatch, tmp_path):
 def test_default_finetuned_resolves_in_one_place_for_every_entry_point(tiny_default, capsys):
     with pytest.raises(ProxyFDAError, match="proxyfda prepare"):
         create_encoder("default-finetuned")
+    with pytest.raises(ProxyFDAError, match="proxyfda prepare"):  # a config that saved the resolved alias
+        create_encoder(canonical_spec("default-finetuned"))
     # `finetune --base-encoder default-finetuned` builds the default first, then fine-tunes on top of it
     out = tiny_default / "on-default"
     assert main(["finetune", "--base-encoder", "default-finetuned", "--data", "digits:train", "--eval-data",
