@@ -85,6 +85,24 @@ class Encoder(nn.Module):
         """Everything about the input pipeline that changes the features."""
         return f"{self.image_size}|{self.pixel_norm.mean}|{self.pixel_norm.std}"
 
+    def set_stochastic(self, enabled: bool) -> None:
+        """Switch the layers that add noise in training mode (dropout, drop-path, patch and attention
+        dropout) on or off. Off, a training-mode forward equals the eval-mode one but for BatchNorm
+        statistics, so a regulariser compares like with like against eval-mode pre-trained targets.
+        Call after ``train()``; ``eval()`` switches them off anyway."""
+        for module in self.modules():
+            if _is_stochastic(module):
+                module.train(enabled and self.training)
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    """Layers whose training mode adds noise and nothing else (no statistics are kept)."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return True
+    if isinstance(module, nn.MultiheadAttention):
+        return module.dropout > 0
+    return type(module).__name__ in ("DropPath", "PatchDropout")  # timm's and open_clip's
+
 
 # ---------------------------------------------------------------------------------------------
 # EfficientNet-Lite (offline default)
@@ -100,6 +118,15 @@ class EfficientNetLiteEncoder(Encoder):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(pixels).mean(dim=(2, 3))
+
+    def set_stochastic(self, enabled: bool) -> None:
+        """Also drop-connect, which the trunk applies functionally from its global parameters (rate
+        0.2 for Lite0, scaled per block) whenever a block is in training mode."""
+        super().set_stochastic(enabled)
+        params = self.backbone._global_params
+        if not hasattr(self, "_drop_connect_rate"):
+            self._drop_connect_rate = params.drop_connect_rate
+        self.backbone._global_params = params._replace(drop_connect_rate=self._drop_connect_rate if enabled else 0.0)
 
 
 def _build_efficientnet_lite(variant: str, checkpoint: str | None, image_size: int | None,

@@ -39,8 +39,12 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
             help_text = METHOD_DEFAULT_HELP.format(TRAINING_DEFAULTS[f.name], SAFE_TRAINING_DEFAULTS[f.name])
         else:
             help_text = f"(default: {json.dumps(default)})"
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name),
-                            help=help_text)
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name),
+                                help=help_text)
 
 
 def _methods_epilog() -> str:

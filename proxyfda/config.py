@@ -124,6 +124,10 @@ class FinetuneConfig(JsonConfig):
     # "frozen" keeps BatchNorm in eval mode (running statistics fixed, affine weights trained);
     # "train" lets the statistics drift toward the fine-tuning data, a forgetting channel of its own.
     bn_mode: str = "frozen"
+    # dropout, drop-path and drop-connect while fine-tuning. Off by default: the regularisers' cached
+    # pre-trained targets come from eval mode, and with them on an unchanged encoder is already far
+    # from its targets (EfficientNet-Lite0's drop-connect: cosine 0.92 on average, 0.75 at worst).
+    stochastic_layers: bool = False
     eval_every: int = 50
     eval_size: int = 500
     # "balanced": m classes × n images with hard class mining (FDA's batches); "epoch": shuffled

@@ -36,13 +36,15 @@ from .runs import SAFE_RESULT, Callback, RunResult, RunWriter
 from .sampling import ClassBalancedSampler, EpochSampler
 
 
-def set_train_mode(encoder: Encoder, bn_mode: str) -> None:
-    """Train mode for the encoder, with BatchNorm layers kept in eval mode when ``bn_mode='frozen'``."""
+def set_train_mode(encoder: Encoder, bn_mode: str, stochastic_layers: bool = False) -> None:
+    """Train mode for the encoder, with BatchNorm layers kept in eval mode when ``bn_mode='frozen'``
+    and dropout-like layers off unless ``stochastic_layers``."""
     encoder.train()
     if bn_mode == "frozen":
         for module in encoder.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+    encoder.set_stochastic(stochastic_layers)
 
 
 def lr_at(step: int, config: FinetuneConfig) -> float:
@@ -174,7 +176,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
         regularizer.record_stats = False  # the training loop reads the loss terms, not the records
     optimizer, generator_opt = make_optimizers(config, encoder, head, regularizer)
     sampler = make_sampler(config, train_set, pre_features)
-    set_train_mode(encoder, config.bn_mode)
+    set_train_mode(encoder, config.bn_mode, config.stochastic_layers)
 
     with RunWriter(run_dir, config, callback) as run:
         step, accuracy, status = 0, None, "completed"

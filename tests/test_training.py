@@ -13,6 +13,7 @@ from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
 from proxyfda.methods import resolve_config
 from proxyfda.paths import atomic_write_bytes
+from proxyfda.runs import Run
 from proxyfda.training import finetune, lr_at
 
 from conftest import TINY_FINETUNE
@@ -177,3 +178,38 @@ def test_evaluate_runs_the_head_in_eval_mode_too():
     assert evaluate(BrightnessEncoder(), head, brightness_images(), batch_size=4) == pytest.approx(0.7)
     assert head.modes_seen and not any(head.modes_seen)
     assert head.training  # and its mode restored afterwards
+
+
+def test_without_stochastic_layers_a_train_mode_forward_equals_eval_mode():
+    """Drop-connect (EfficientNet-Lite's 0.2) is off by default, so with frozen BatchNorm the encoder
+    in training mode computes what its eval-mode targets were computed with; on, it does not."""
+    from proxyfda.data import load_images
+    from proxyfda.training import set_train_mode
+
+    encoder = create_encoder("efficientnet-lite0", image_size=32)
+    pixels = load_images("digits:test", n=16).batch(np.arange(16), 32)
+    with torch.no_grad():
+        target = encoder(pixels)
+        set_train_mode(encoder, "frozen")
+        torch.testing.assert_close(encoder(pixels), target, rtol=1e-4, atol=1e-5)
+        set_train_mode(encoder, "frozen", stochastic_layers=True)
+        torch.manual_seed(0)
+        noisy = torch.nn.functional.cosine_similarity(encoder(pixels), target).min()
+    assert noisy < 0.99  # drop-connect is back
+    encoder.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(pixels), target)  # and eval mode is deterministic again
+
+
+@pytest.mark.parametrize("stochastic, expect_zero", [(False, True), (True, False)])
+def test_first_ldifs_record_is_zero_before_any_update(tmp_path, stochastic, expect_zero):
+    """The contract: before any update the fine-tuned features equal the cached pre-trained ones, so
+    LDIFS's first record reads 0 up to float error; with stochastic layers on it reads the noise."""
+    result = finetune(TINY_FINETUNE.replace(method="ldifs", steps=1, stochastic_layers=stochastic),
+                      tmp_path / "run")
+    first = Run.open(result.run_dir).records()[0]
+    assert {"reg_loss", "reg_distance_sq"} <= set(first)
+    if expect_zero:
+        assert first["reg_loss"] < 1e-4
+    else:
+        assert first["reg_loss"] > 1e-2
