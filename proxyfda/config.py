@@ -173,6 +173,9 @@ class SafeConfig(JsonConfig):
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     logit_scale: float = CLIP_LOGIT_SCALE
     cache_dense: bool = False  # also keep the dense maps on disk (keyed by weights and images)
+    # share of the training images held out to choose β (a fine-tuning run reports accuracy on its
+    # eval data, which β never saw)
+    val_fraction: float = 0.2
 
     def __post_init__(self):
         # JSON gives lists back; the config stays hashable and comparable with tuples.
@@ -185,3 +188,5 @@ class SafeConfig(JsonConfig):
             raise ProxyFDAError(f"beta_grid must be a non-empty list of values in [0, 1], got {list(self.beta_grid)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ProxyFDAError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ProxyFDAError(f"val_fraction must be in (0, 1), got {self.val_fraction}")

@@ -294,3 +294,15 @@ def load_images(spec: str, n: int | None = None, seed: int = 0) -> ImageSet:
         picked.spec = images.spec
         images = picked
     return images
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (first, second) with ``fraction`` of every class in the first part."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        cut = max(1, int(round(len(members) * fraction))) if len(members) > 1 else len(members)
+        first.append(members[:cut])
+        second.append(members[cut:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import stratified_split
 from .errors import ProxyFDAError
 from .validation import check_features, check_same_n, unit_rows
 
@@ -29,18 +30,6 @@ class ProbeResult:
 def _unit(x: np.ndarray, name: str) -> np.ndarray:
     """Checked features with unit rows (probes and distances compare directions, not norms)."""
     return unit_rows(check_features(x, name), name, "drop the images whose features are all zero")
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (first, second) with ``fraction`` of every class in the first part."""
-    rng = np.random.default_rng(seed)
-    first, second = [], []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        cut = max(1, int(round(len(members) * fraction))) if len(members) > 1 else len(members)
-        first.append(members[:cut])
-        second.append(members[cut:])
-    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,

@@ -27,7 +27,7 @@ from torch import nn
 
 from .backbones import Encoder
 from .config import FinetuneConfig, SafeConfig
-from .data import ImageSet, load_images
+from .data import ImageSet, load_images, stratified_split
 from .device import resolve_device
 from .encoders import create_encoder
 from .features import extract_features
@@ -221,22 +221,32 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
 
 def _finetune_safe(config: FinetuneConfig, run_dir: Path, callback: Callback | None,
                    stop: threading.Event | None) -> RunResult:
-    """SAFE: only the attention pooling of an open_clip ResNet trains; see proxyfda.safe."""
+    """SAFE: only the attention pooling of an open_clip ResNet trains; see proxyfda.safe.
+
+    β is chosen on a stratified share of the training images (``val_fraction``); the run's accuracy
+    is the SAFE encoder's zero-shot accuracy on ``eval_data``, which neither training nor β saw.
+    """
     from .safe import fit_safe
-    from .safe_encoder import save_safe
+    from .safe_encoder import apply_safe, save_safe
+    from .zeroshot import text_classifier, zero_shot_accuracy
 
     safe_config = SafeConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
                              weight_decay=config.weight_decay, seed=config.seed, **method_options(config))
     encoder = create_encoder(config.base_encoder, device=resolve_device(config.device))
-    train_set = load_images(config.data)
-    val_set = load_images(config.eval_data, n=config.eval_size, seed=config.seed)
+    training_images = load_images(config.data)
+    fit_idx, val_idx = stratified_split(training_images.labels, 1.0 - safe_config.val_fraction, config.seed)
+    test_set = load_images(config.eval_data, n=config.eval_size, seed=config.seed)
     with RunWriter(run_dir, config, callback) as run:
         def progress(record: dict) -> None:
             if record.get("stage") == "train":
                 run.log({"kind": "train", **{k: v for k, v in record.items() if k != "stage"}})
 
-        result = fit_safe(encoder, train_set, val_set, safe_config, progress=progress, stop=stop)
+        result = fit_safe(encoder, training_images.subset(fit_idx), training_images.subset(val_idx), safe_config,
+                          progress=progress, stop=stop)
         save_safe(result, run.file(SAFE_RESULT))
-        accuracy = result.val_accuracy.get(result.beta)
-        run.log({"kind": "eval", "step": result.steps_done, "accuracy": accuracy, "beta": result.beta})
+        tuned = apply_safe(encoder, result)
+        accuracy = zero_shot_accuracy(tuned, test_set, text_classifier(tuned, test_set.class_names,
+                                                                       safe_config.templates))
+        run.log({"kind": "eval", "step": result.steps_done, "accuracy": accuracy, "beta": result.beta,
+                 "val_accuracy": result.val_accuracy[result.beta]})
         return run.finish(result.status, result.steps_done, accuracy)

@@ -105,6 +105,38 @@ def test_safe_method_through_the_engine(tmp_path):
     assert zero_shot["delta"] == pytest.approx(zero_shot["finetuned"] - zero_shot["pretrained"])
 
 
+def test_safe_chooses_beta_on_training_images_and_reports_unseen_accuracy(tmp_path, monkeypatch):
+    """β is picked on a held-out share of the training data; the run's accuracy is measured on its eval
+    data, which neither the fit nor the choice of β saw."""
+    import proxyfda.safe
+    from proxyfda.zeroshot import text_classifier, zero_shot_accuracy
+
+    seen = {}
+    real_fit = proxyfda.safe.fit_safe
+
+    def spy(encoder, train, val, config, **kwargs):
+        seen.update(train=train, val=val, config=config)
+        return real_fit(encoder, train, val, config, **kwargs)
+
+    monkeypatch.setattr(proxyfda.safe, "fit_safe", spy)
+    spec = tiny_clip_spec(tmp_path, "rn")
+    config = TINY.replace(method="safe", base_encoder=spec, steps=3, batch_size=8, eval_size=30,
+                          reg_options={"val_fraction": 0.25})
+    result = finetune(config, tmp_path / "safe")
+    training = load_images("digits:train")
+    train, val = seen["train"], seen["val"]
+    assert len(train) + len(val) == len(training) and abs(len(val) - len(training) / 4) <= 10  # one split
+    assert train.spec == val.spec == "digits:train" and seen["config"].val_fraction == 0.25
+    assert not {row.tobytes() for row in val.pixels} <= {row.tobytes() for row in train.pixels}  # disjoint rows
+    assert (seen["config"].steps, seen["config"].lr) == (3, 3e-3)  # what the config set; SAFE's own otherwise
+    encoder = create_encoder(f"run:{tmp_path / 'safe'}")
+    test = load_images("digits:test", n=30, seed=0)
+    expected = zero_shot_accuracy(encoder, test, text_classifier(encoder, test.class_names), use_cache=False)
+    assert result.final_eval_accuracy == pytest.approx(expected)
+    final = [r for r in history(tmp_path / "safe") if r["kind"] == "eval"][-1]
+    assert final["accuracy"] == pytest.approx(expected) and 0.0 <= final["val_accuracy"] <= 1.0
+
+
 @pytest.mark.slow  # 127 s: real probes and OTDD over two runs
 def test_forgetting_report_over_runs(tiny_run, tmp_path):
     wise = wise_run(tiny_run, 0.0, tmp_path / "wise0")  # the pre-trained weights: nothing forgotten
