@@ -20,7 +20,11 @@ METRIC_HELP = {
     "jaccard": "Mean of |A ∩ B| / |A ∪ B| of the two neighbour sets.",
     "trustworthiness": "Are the fine-tuned space's neighbourhoods also neighbourhoods before? 1 = no intruders.",
     "continuity": "Are the pre-trained neighbourhoods kept after fine-tuning? 1 = nothing torn apart.",
+    "order": "Mean over points of the longest common subsequence of the two ranked neighbour lists, over k: "
+             "like overlap@k, but the shared neighbours must also keep their order.",
     "cka": "Linear CKA between the two feature matrices: 1 = the same geometry up to rotation and scale.",
+    "cknna": "CKNNA (Huh et al. 2024): unbiased CKA of the cosine kernels restricted to pairs that are k-nearest "
+             "neighbours in both spaces. Local geometry: 1 = the same, about 0 = unrelated.",
     "procrustes": "Residual after the best rotation, scale and translation (scipy's definition): 0 = identical shape.",
     "l2": "Mean distance between each image's L2-normalised pre-trained and fine-tuned features.",
 }
@@ -29,17 +33,16 @@ METRIC_HELP = {
 def metrics_panel(report: DriftReport) -> None:
     m = report.metrics
     baseline = m["overlap_at_k_random_baseline"]
-    cols = st.columns(7)
-    cols[0].metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
-    cols[0].caption(f"random baseline k/(N−1) = {baseline:.4f}")
-    cols[1].metric("Jaccard", f"{m['jaccard_mean']:.3f}", help=METRIC_HELP["jaccard"])
-    cols[2].metric("trustworthiness", f"{m['trustworthiness']:.3f}" if "trustworthiness" in m else "n/a",
-                   help=METRIC_HELP["trustworthiness"])
-    cols[3].metric("continuity", f"{m['continuity']:.3f}" if "continuity" in m else "n/a",
-                   help=METRIC_HELP["continuity"])
-    cols[4].metric("linear CKA", f"{m['linear_cka']:.3f}", help=METRIC_HELP["cka"])
-    cols[5].metric("Procrustes disparity", f"{m['procrustes_disparity']:.3f}", help=METRIC_HELP["procrustes"])
-    cols[6].metric("mean L2 drift", f"{m['mean_l2_drift']:.3f}", help=METRIC_HELP["l2"])
+    cols = iter(st.columns(9))
+    first = next(cols)
+    first.metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
+    first.caption(f"random baseline k/(N−1) = {baseline:.4f}")
+    shown = (("Jaccard", "jaccard_mean", "jaccard"), ("order agreement", "order_agreement_mean", "order"),
+             ("trustworthiness", "trustworthiness", "trustworthiness"), ("continuity", "continuity", "continuity"),
+             ("linear CKA", "linear_cka", "cka"), ("CKNNA", "cknna", "cknna"),
+             ("Procrustes disparity", "procrustes_disparity", "procrustes"), ("mean L2 drift", "mean_l2_drift", "l2"))
+    for column, (label, key, help_key) in zip(cols, shown):
+        column.metric(label, f"{m[key]:.3f}" if key in m else "n/a", help=METRIC_HELP[help_key])
     st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .backbones import Encoder
 
 #: bump when what `compute_drift` computes changes: reports cached by older code are then not read
-REPORT_VERSION = "drift-v1"
+REPORT_VERSION = "drift-v2"
 
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
@@ -53,6 +53,7 @@ class DriftReport:
     graph_b: KnnGraph
     overlap: np.ndarray  # overlap@k per point: |N_a ∩ N_b| / k
     jaccard: np.ndarray
+    order: np.ndarray  # order agreement per point: LCS of the two ranked neighbour lists / k
     l2_drift: np.ndarray  # per-point distance between the L2-normalised features
     metrics: dict[str, float | int | str]
     class_table: pd.DataFrame
@@ -70,6 +71,7 @@ class DriftReport:
             "class": [self.class_names[int(c)] for c in self.labels],
             "overlap_at_k": self.overlap,
             "jaccard": self.jaccard,
+            "order_agreement": self.order,
             "l2_drift": self.l2_drift,
             "neighbours_pretrained": list(self.graph_a.indices),
             "neighbours_finetuned": list(self.graph_b.indices),
@@ -116,6 +118,7 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     graph_a, graph_b = (search(np.ascontiguousarray(u, dtype=np.float32), k, "ip", backend) for u in (unit_a, unit_b))
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
+    order = M.order_agreement(graph_a.indices, graph_b.indices)
     l2 = np.linalg.norm(unit_a - unit_b, axis=1)
     metrics: dict[str, float | int | str] = {
         "n": n,
@@ -124,16 +127,19 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         "overlap_at_k_mean": float(overlap.mean()),
         "overlap_at_k_random_baseline": M.overlap_random_baseline(k, n),
         "jaccard_mean": float(jaccard.mean()),
+        "order_agreement_mean": float(order.mean()),
         "linear_cka": M.linear_cka(a, b),
         "procrustes_disparity": M.procrustes_disparity(a, b),
         "mean_l2_drift": float(l2.mean()),
     }
+    if n >= 4:  # the unbiased estimate needs it
+        metrics["cknna"] = M.cknna(None, None, k, graphs=(graph_a, graph_b))
     if k < n / 2:  # the definition of trustworthiness needs it
         metrics["trustworthiness"], metrics["continuity"] = M.rank_preservation(
             unit_a, unit_b, graph_a.indices, graph_b.indices)
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
     return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
-                       overlap=overlap, jaccard=jaccard, l2_drift=l2, metrics=metrics, class_table=class_table,
+                       overlap=overlap, jaccard=jaccard, order=order, l2_drift=l2, metrics=metrics, class_table=class_table,
                        config=config)
 
 
@@ -158,7 +164,7 @@ def cached_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_nam
 
 def _write_report(report: DriftReport, handle) -> None:
     np.savez(handle, idx_a=report.graph_a.indices, sims_a=report.graph_a.similarities, idx_b=report.graph_b.indices,
-             sims_b=report.graph_b.similarities, overlap=report.overlap, jaccard=report.jaccard,
+             sims_b=report.graph_b.similarities, overlap=report.overlap, jaccard=report.jaccard, order=report.order,
              l2_drift=report.l2_drift, metrics=np.array(json.dumps(report.metrics)),
              class_table=np.frombuffer(report.class_table.to_parquet(), dtype=np.uint8))
 
@@ -169,7 +175,8 @@ def _read_report(path: Path, labels: np.ndarray, class_names: list[str], config:
         class_table = pd.read_parquet(io.BytesIO(data["class_table"].tobytes()))
         return DriftReport(k=int(metrics["k"]), labels=labels, class_names=list(class_names),
                            graph_a=KnnGraph(data["idx_a"], data["sims_a"]), graph_b=KnnGraph(data["idx_b"], data["sims_b"]),
-                           overlap=data["overlap"], jaccard=data["jaccard"], l2_drift=data["l2_drift"], metrics=metrics,
+                           overlap=data["overlap"], jaccard=data["jaccard"], order=data["order"],
+                           l2_drift=data["l2_drift"], metrics=metrics,
                            class_table=class_table, config=config)
 
 

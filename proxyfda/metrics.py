@@ -221,6 +221,93 @@ def _unit_frobenius(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x)
 
 
+# ---------------------------------------------------------------- kNN-restricted and order-aware agreement
+
+
+def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> float:
+    """CKNNA (Huh et al. 2024, "The Platonic Representation Hypothesis"): unbiased CKA of the two cosine
+    kernels, each restricted to the pairs (i, j) where j is among i's k nearest neighbours (self
+    excluded) in *both* spaces; normalised by the same quantity of each space with itself.
+
+    Works on the kNN graphs alone, in O(N·k) memory: a masked kernel has at most k entries per row.
+    ``graphs`` (the two `KnnGraph`s of the L2-normalised rows, e.g. a `DriftReport`'s) skips the
+    search. 1 = the same local geometry; about 0 for unrelated spaces.
+    """
+    if graphs is None:
+        a, b = _paired(x_a, x_b, "x_a", "x_b")
+        k = check_k(k, len(a))
+        graphs = (knn_graph(a, k), knn_graph(b, k))
+    graph_a, graph_b = graphs
+    a_idx, a_sim = np.asarray(graph_a.indices)[:, :k], np.asarray(graph_a.similarities, np.float64)[:, :k]
+    b_idx, b_sim = np.asarray(graph_b.indices)[:, :k], np.asarray(graph_b.similarities, np.float64)[:, :k]
+    n = len(a_idx)
+    if n < 4:
+        raise ProxyFDAError(f"CKNNA's unbiased estimate needs at least 4 points, got {n}")
+    shared = _shared_mask(a_idx, b_idx)  # [N, k]: is a_idx[i, j] also among b's neighbours of i?
+    # b's similarity for the shared pairs, looked up by neighbour id
+    b_lookup = _sparse(n, b_idx, b_sim)
+    rows = np.repeat(np.arange(n), k).reshape(n, k)
+    b_on_a = np.asarray(b_lookup[rows[shared], a_idx[shared]]).ravel()
+    kl = _hsic_unbiased(_sparse(n, a_idx[shared], a_sim[shared], rows[shared]),
+                        _sparse(n, a_idx[shared], b_on_a, rows[shared]), n)
+    kk = _hsic_unbiased(_sparse(n, a_idx, a_sim), _sparse(n, a_idx, a_sim), n)
+    ll = _hsic_unbiased(_sparse(n, b_idx, b_sim), _sparse(n, b_idx, b_sim), n)
+    if kk <= 0 or ll <= 0:
+        raise ProxyFDAError("CKNNA is undefined here: a space's kNN-restricted kernel has no variance "
+                            "(are all its features identical?)")
+    return float(kl / np.sqrt(kk * ll))
+
+
+def _shared_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, k] booleans: whether each of a's neighbours of i is also one of b's neighbours of i."""
+    return (a[:, :, None] == b[:, None, :]).any(axis=2)
+
+
+def _sparse(n: int, cols: np.ndarray, values: np.ndarray, rows: np.ndarray | None = None):
+    """An [n, n] CSR matrix with ``values`` at (row, col); ``rows`` defaults to each row of ``cols``."""
+    from scipy.sparse import csr_matrix
+
+    if rows is None:
+        rows = np.repeat(np.arange(n), cols.shape[1])
+    return csr_matrix((np.ravel(values), (np.ravel(rows), np.ravel(cols))), shape=(n, n))
+
+
+def _hsic_unbiased(K, L, n: int) -> float:
+    """Song et al.'s unbiased HSIC of two [n, n] kernels with zero diagonals (sparse allowed):
+    (tr(KL) + 1ᵀK1·1ᵀL1/((n−1)(n−2)) − 2·1ᵀKL1/(n−2)) / (n(n−3))."""
+    trace = float(K.multiply(L.T).sum())
+    sums = float(K.sum()) * float(L.sum()) / ((n - 1) * (n - 2))
+    cross = float(np.asarray(K.sum(axis=0)).ravel() @ np.asarray(L.sum(axis=1)).ravel())
+    return (trace + sums - 2.0 * cross / (n - 2)) / (n * (n - 3))
+
+
+def order_agreement(idx_a: Any, idx_b: Any) -> np.ndarray:
+    """Per point: the longest common subsequence of its two neighbour lists (nearest first) over k.
+
+    1 = the same neighbours in the same order; overlap@k counts shared neighbours whatever their
+    order, this also asks that they keep their ranking. Always ≤ overlap@k.
+    """
+    a, b = check_graphs(idx_a, idx_b)
+    n, k = a.shape
+    out = np.empty(n)
+    for i in range(n):
+        position = {int(node): rank for rank, node in enumerate(b[i])}
+        out[i] = _longest_increasing([position[int(node)] for node in a[i] if int(node) in position])
+    return out / k
+
+
+def _longest_increasing(sequence: list[int]) -> int:
+    """Length of the longest strictly increasing subsequence (patience sorting, O(k log k)): on distinct
+    ids, the LCS of two lists is the LIS of one list's positions in the other."""
+    from bisect import bisect_left
+
+    tails: list[int] = []
+    for value in sequence:
+        at = bisect_left(tails, value)
+        tails[at:at + 1] = [value]
+    return len(tails)
+
+
 # ---------------------------------------------------------------- per-class drift
 
 

@@ -120,6 +120,8 @@ def test_identical_spaces_preserve_everything():
     assert m["overlap_at_k_mean"] == 1.0 and m["jaccard_mean"] == 1.0 and m["mean_l2_drift"] == pytest.approx(0.0)
     assert m["linear_cka"] == pytest.approx(1.0) and m["procrustes_disparity"] == pytest.approx(0.0, abs=1e-10)
     assert m["trustworthiness"] == pytest.approx(1.0) and m["continuity"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(r.order, np.ones(40))
+    assert m["order_agreement_mean"] == 1.0 and m["cknna"] == pytest.approx(1.0)
     assert m["overlap_at_k_random_baseline"] == pytest.approx(5 / 39)
     assert (r.class_table["overlap_at_k"] == 1.0).all() and (r.class_table["composition_tv"] == 0.0).all()
     assert r.neighbours(3)["lost"].size == 0 and r.neighbours(3)["gained"].size == 0
@@ -224,3 +226,17 @@ def test_different_feature_widths_give_a_report_or_a_clear_error():
         assert "width" in str(exc)
     else:
         assert report.metrics["linear_cka"] == pytest.approx(M.linear_cka(x_a, x_b))
+
+
+def test_report_carries_cknna_and_order_agreement_from_its_own_graphs():
+    """The report's CKNNA and order agreement are the metrics' own, computed on the report's graphs."""
+    from test_metrics import _dense_cknna
+
+    rng = np.random.default_rng(4)
+    x_a = rng.normal(size=(70, 9))
+    x_b = x_a + 0.9 * rng.normal(size=(70, 9))
+    r = compute_drift(x_a, x_b, np.arange(70) % 5, list("abcde"), 6, backend="torch")
+    assert r.metrics["cknna"] == pytest.approx(_dense_cknna(x_a, x_b, 6), rel=1e-5)
+    np.testing.assert_array_equal(r.order, M.order_agreement(r.graph_a.indices, r.graph_b.indices))
+    assert r.metrics["order_agreement_mean"] == pytest.approx(r.order.mean())
+    assert list(r.points_frame()["order_agreement"]) == list(r.order)

@@ -279,3 +279,72 @@ def test_rank_preservation_is_trustworthiness_and_continuity_on_checked_inputs()
     assert t == pytest.approx(trustworthiness(a, b, 7, metric="cosine", neighbours=idx_b), abs=1e-12)
     assert c == pytest.approx(continuity(a, b, 7, metric="cosine", neighbours=idx_a), abs=1e-12)
     assert t < 1.0 and c < 1.0
+
+
+def _dense_cknna(x_a, x_b, k):
+    """CKNNA written out densely: N×N cosine kernels, kNN masks by sorting, unbiased HSIC by its formula."""
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def knn_mask(gram):
+        scores = gram.copy()
+        np.fill_diagonal(scores, -np.inf)
+        mask = np.zeros_like(gram)
+        np.put_along_axis(mask, np.argsort(-scores, axis=1)[:, :k], 1.0, axis=1)
+        return mask
+
+    def hsic(K, L):
+        n = len(K)
+        K, L = K.copy(), L.copy()
+        np.fill_diagonal(K, 0.0)
+        np.fill_diagonal(L, 0.0)
+        value = np.sum(K * L.T) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 * np.sum(K @ L) / (n - 2)
+        return value / (n * (n - 3))
+
+    K, L = unit(x_a) @ unit(x_a).T, unit(x_b) @ unit(x_b).T
+    mask_k, mask_l = knn_mask(K), knn_mask(L)
+    both = mask_k * mask_l
+    return hsic(both * K, both * L) / np.sqrt(hsic(mask_k * K, mask_k * K) * hsic(mask_l * L, mask_l * L))
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
+def test_cknna_equals_its_dense_definition(noise):
+    rng = np.random.default_rng(int(noise * 10))
+    x_a = rng.normal(size=(90, 12))
+    x_b = np.concatenate([x_a, np.zeros((90, 3))], axis=1) + noise * rng.normal(size=(90, 15))  # other width
+    assert M.cknna(x_a, x_b, 6) == pytest.approx(_dense_cknna(x_a, x_b, 6), rel=1e-6, abs=1e-9)
+
+
+def test_cknna_on_identical_and_unrelated_spaces():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    assert M.cknna(x, 3.0 * x, 10) == pytest.approx(1.0)  # scale does not matter: cosine kernels
+    other = rng.normal(size=(200, 16))
+    unrelated = M.cknna(x, other, 10)
+    assert abs(unrelated) < 0.2 and unrelated == pytest.approx(_dense_cknna(x, other, 10), rel=1e-6, abs=1e-9)
+
+
+def _lcs(a, b):
+    """Textbook dynamic-programming longest common subsequence."""
+    table = np.zeros((len(a) + 1, len(b) + 1), dtype=int)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1, j + 1] = table[i, j] + 1 if x == y else max(table[i, j + 1], table[i + 1, j])
+    return table[-1, -1]
+
+
+def test_order_agreement_equals_lcs_over_k():
+    rng = np.random.default_rng(1)
+    n, k = 40, 7
+    idx_a = np.stack([rng.permutation([j for j in range(n) if j != i])[:k] for i in range(n)])
+    idx_b = idx_a.copy()
+    for i in range(n):  # shuffle some, replace some
+        rng.shuffle(idx_b[i][: rng.integers(0, k + 1)])
+        others = [j for j in range(n) if j != i and j not in idx_b[i]]
+        idx_b[i][rng.integers(0, k)] = rng.choice(others)
+    expected = np.array([_lcs(list(a), list(b)) for a, b in zip(idx_a, idx_b)]) / k
+    np.testing.assert_array_equal(M.order_agreement(idx_a, idx_b), expected)
+    assert (M.order_agreement(idx_a, idx_b) <= M.knn_overlap(idx_a, idx_b)).all()
+    assert (M.order_agreement(idx_a, idx_a) == 1.0).all()
+    reversed_order = M.order_agreement(idx_a, idx_a[:, ::-1])
+    np.testing.assert_array_equal(reversed_order, np.full(n, 1 / k))  # same neighbours, opposite order
