@@ -57,10 +57,10 @@ def run_all(methods: list[str], seeds: list[int], base: FinetuneConfig, runs_dir
 
 
 def summarise(report: dict) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per method: (mean, std) over seeds of A_LP, mean ΔLP, OTDD and L2."""
+    """Per method and preset: (mean, std) over seeds of A_LP, mean ΔLP, OTDD and L2."""
     table: dict[str, dict[str, list[float]]] = {}
     for run in report["runs"].values():
-        row = table.setdefault(run["method"], {"A_LP": [], "dLP": [], "otdd": [], "l2": []})
+        row = table.setdefault(run["label"], {"A_LP": [], "dLP": [], "otdd": [], "l2": []})
         row["A_LP"].append(100 * run["A_LP"])
         row["dLP"].append(100 * run["delta_LP"]["mean"])
         row["otdd"].append(run["otdd"]["mean"])
@@ -70,11 +70,11 @@ def summarise(report: dict) -> dict[str, dict[str, tuple[float, float]]]:
 
 def print_table(report: dict) -> None:
     summary = summarise(report)
-    print(f"\n{'method':<11}{'A_LP':>14}{'mean ΔLP':>16}{'OTDD':>14}{'L2':>14}")
+    print(f"\n{'method (preset)':<18}{'A_LP':>14}{'mean ΔLP':>16}{'OTDD':>14}{'L2':>14}")
     for method, row in summary.items():
         cells = [f"{row[k][0]:.2f} ± {row[k][1]:.2f}" for k in ("A_LP", "dLP")]
         cells += [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ("otdd", "l2")]
-        print(f"{method:<11}{cells[0]:>14}{cells[1]:>16}{cells[2]:>14}{cells[3]:>14}")
+        print(f"{method:<18}{cells[0]:>14}{cells[1]:>16}{cells[2]:>14}{cells[3]:>14}")
     print("held-out sets: " + ", ".join(report["held_out"]))
     for name, corr in report["correlation_with_delta_LP"].items():
         if corr:

@@ -175,9 +175,9 @@ def cmd_forgetting(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'run':<28}{'method':<11}{'A_LP':>7}{'mean ΔLP':>10}{'OTDD':>8}{'L2':>8}")
+    print(f"{'run':<28}{'method (preset)':<18}{'A_LP':>7}{'mean ΔLP':>10}{'OTDD':>8}{'L2':>8}")
     for name, run in report["runs"].items():
-        print(f"{name:<28}{run['method']:<11}{100 * run['A_LP']:>7.1f}{100 * run['delta_LP']['mean']:>+10.1f}"
+        print(f"{name:<28}{run['label']:<18}{100 * run['A_LP']:>7.1f}{100 * run['delta_LP']['mean']:>+10.1f}"
               f"{run['otdd']['mean']:>8.3f}{run['l2']['mean']:>8.3f}")
     print(f"wrote {out / 'report.json'}")
 

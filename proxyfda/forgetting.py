@@ -152,6 +152,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
     from .data import load_images
     from .encoders import create_encoder
     from .features import extract_features
+    from .methods import method_label
     from .runs import Run
 
     say = progress or (lambda message: None)
@@ -187,7 +188,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         size = finetuned.image_size
         task = images(config.eval_data, None)
         task_ft = extract_features(finetuned, task)
-        entry = {"method": config.method, "A_LP": probe_accuracy(task_ft, task.labels, seed=seed).accuracy,
+        entry = {"method": config.method, "label": method_label(config), "A_LP": probe_accuracy(task_ft, task.labels, seed=seed).accuracy,
                  "A_LP_pretrained": pre_probe(config.base_encoder, size, config.eval_data, None)[1]}
         delta, dist_ot, dist_l2 = {}, {}, {}
         sets = held_out or held_out_sets(config.data)

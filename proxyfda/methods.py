@@ -49,9 +49,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lp-ft", "the head starts as a linear probe on frozen features, then naive fine-tuning",
            needs_pretrained_features=True, head="probe"),
     Method("fda", "+ λ · FDA: the batch's pre-trained kNN graph, kept in the fine-tuned space", regularizer="fda",
-           sampler="balanced", needs_pretrained_features=True),
-    Method("proxy-fda", "+ λ · FDA over real features and generated proxies (Proxy-FDA, ICML 2025)",
-           regularizer="proxy-fda", sampler="balanced", needs_pretrained_features=True),
+           options={"preset": "ours"}, sampler="balanced", needs_pretrained_features=True),
+    Method("proxy-fda", "+ λ · FDA over real features and generated proxies (Proxy-FDA, ICML 2025; the proxy "
+           "generator is a reconstruction)", regularizer="proxy-fda", options={"preset": "ours"}, sampler="balanced",
+           needs_pretrained_features=True),
     Method("safe", "CLIP ResNets: tune only attnpool, blend with the original at inference (SAFE)",
            trainer="safe", training=SAFE_TRAINING_DEFAULTS),
 )}
@@ -71,13 +72,20 @@ def get_method(name: str) -> Method:
 
 def resolve_config(config: FinetuneConfig) -> FinetuneConfig:
     """``config`` with every method-dependent choice made: the None training fields take the method's
-    defaults, ``sampler="auto"`` the method's sampler, and the base encoder its canonical spec (the
+    defaults, ``reg_options`` the method's default options (e.g. FDA's preset) under the user's,
+    ``sampler="auto"`` the method's sampler, and the base encoder its canonical spec (the
     ``default-finetuned`` alias becomes the run it names). A run saves this resolved config."""
     method = get_method(config.method)
     filled = {name: value for name, value in method.training.items() if getattr(config, name) is None}
     sampler = method.sampler if config.sampler == "auto" else config.sampler
-    method_options(config)  # refuse options the method cannot take before anything runs
-    return config.replace(**filled, sampler=sampler, base_encoder=canonical_spec(config.base_encoder))
+    return config.replace(**filled, sampler=sampler, reg_options=method_options(config),
+                          base_encoder=canonical_spec(config.base_encoder))
+
+
+def method_label(config: FinetuneConfig) -> str:
+    """How results name a run's method: with its preset where it has one, e.g. "proxy-fda (paper)"."""
+    preset = method_options(config).get("preset")
+    return f"{config.method} ({preset})" if preset else config.method
 
 
 def method_options(config: FinetuneConfig) -> dict[str, Any]:

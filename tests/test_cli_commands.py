@@ -29,7 +29,8 @@ def test_finetune_with_reg_options_writes_a_loadable_run(tmp_path, capsys):
                  "--data", "digits:test", "--out", str(out)])
     assert code == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["method"] == "fda" and config["reg_options"] == {"k": 4, "weight": 2.0}
+    assert config["method"] == "fda"
+    assert config["reg_options"] == {"k": 4, "weight": 2.0, "preset": "ours"}  # saved with the method's defaults
     assert (config["steps"], config["image_size"], config["data"]) == (4, 32, "digits:test")
     history = read_history(out)
     train = [r for r in history if r["kind"] == "train"]
@@ -122,7 +123,7 @@ def test_forgetting_writes_the_report_and_prints_the_table(stub_world, tmp_path,
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:4]}
     assert rows == {"r1": ["naive", "99.0", "-10.0", "1.400", "1.500"],
-                    "r2": ["fda", "97.0", "+0.0", "0.600", "0.300"],
+                    "r2": ["fda", "(ours)", "97.0", "+0.0", "0.600", "0.300"],  # labelled with its preset
                     "r3": ["l2sp", "95.0", "-1.5", "0.700", "0.400"]}
 
 

@@ -226,3 +226,21 @@ def test_pretrained_neighbours_hand_example():
     torch.testing.assert_close(graph.boundary, torch.tensor([0.3, 0.25, 0.2, 0.35]))
     # K = B − 1: no (K+1)-th, the boundary is the K-th similarity itself
     torch.testing.assert_close(pretrained_neighbours(sims, 3).boundary, torch.tensor([0.1, 0.2, 0.1, 0.2]))
+
+
+def test_presets_set_the_defaults_and_explicit_options_win():
+    """"ours" (per-anchor kNN threshold, balanced sides) is the default; "paper" is the paper's form
+    (fixed threshold, 1/(B−1) sum); an option given explicitly overrides its preset."""
+    from proxyfda.losses.fda import FDA_PRESETS
+
+    ours, paper = FDALoss(), FDALoss(preset="paper")
+    assert (ours.threshold, ours.reduction, float(ours.bias)) == ("knn", "balanced", 0.0)
+    assert (paper.threshold, paper.reduction, float(paper.bias)) == ("fixed", "paper", 5.0)
+    assert FDALoss(preset="paper", reduction="balanced").reduction == "balanced"
+    assert build_regularizer("proxy-fda", preset="paper", n_proxies=2).fda.threshold == "fixed"
+    x, x_pre = torch.randn(12, 5), torch.randn(12, 5)
+    explicit = FDALoss(k=3, **FDA_PRESETS["paper"])
+    assert FDALoss(k=3, preset="paper")(x, x_pre).item() == pytest.approx(explicit(x, x_pre).item())
+    assert FDALoss(k=3, preset="paper")(x, x_pre).item() != pytest.approx(FDALoss(k=3)(x, x_pre).item())
+    with pytest.raises(ProxyFDAError, match="unknown preset 'papr'"):
+        FDALoss(preset="papr")

@@ -13,7 +13,7 @@ small once positives sit well above θ_i and negatives well below it. See docs/M
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,14 @@ from .base import RecordingLoss, check_feature_pair, check_int, check_number, re
 NEGATIVE_WEIGHTS = ("one", "sim", "one_minus_sim")
 REDUCTIONS = ("paper", "balanced")
 THRESHOLDS = ("fixed", "knn")
+#: named variants: the defaults of the options a preset decides (explicit options still win).
+#: "ours": a per-anchor threshold at the pre-trained kNN boundary, graded negatives, balanced sides.
+#: "paper": the paper's form, a fixed threshold b·τ and the 1/(B−1) sum over pairs; b is not published,
+#: 5 (threshold cos 0.5) is the spec's probe value.
+FDA_PRESETS: dict[str, dict[str, Any]] = {
+    "ours": {"bias": 0.0, "threshold": "knn", "negative_weight": "one_minus_sim", "reduction": "balanced"},
+    "paper": {"bias": 5.0, "threshold": "fixed", "negative_weight": "one_minus_sim", "reduction": "paper"},
+}
 
 
 class Neighbours(NamedTuple):
@@ -133,12 +141,18 @@ class FDALoss(RecordingLoss):
       reduction: "paper" (1/(B−1) Σ_j) or "balanced" (mean over neighbours + mean over non-neighbours).
       learn_tau, learn_bias: make log τ / b parameters (add ``loss.parameters()`` to an optimizer).
       weight: λ, multiplies the returned loss.
+      preset: "ours" (default) or "paper" (see `FDA_PRESETS`): the defaults of bias, threshold,
+        negative_weight and reduction; any of them given explicitly overrides its preset value.
     """
 
-    def __init__(self, k: int = 8, tau: float = 0.1, bias: float = 0.0, threshold: str = "knn",
-                 negative_weight: str = "one_minus_sim", reduction: str = "balanced", learn_tau: bool = False,
-                 learn_bias: bool = False, weight: float = 1.0) -> None:
+    def __init__(self, k: int = 8, tau: float = 0.1, bias: float | None = None, threshold: str | None = None,
+                 negative_weight: str | None = None, reduction: str | None = None, learn_tau: bool = False,
+                 learn_bias: bool = False, weight: float = 1.0, preset: str = "ours") -> None:
         super().__init__()
+        self.preset = check_choice(preset, FDA_PRESETS, "preset")
+        chosen = {"bias": bias, "threshold": threshold, "negative_weight": negative_weight, "reduction": reduction}
+        values = {**FDA_PRESETS[preset], **{name: value for name, value in chosen.items() if value is not None}}
+        bias, threshold, negative_weight, reduction = (values[name] for name in chosen)
         self.k = check_int(k, "k")
         self.threshold = check_choice(threshold, THRESHOLDS, "threshold")
         self.negative_weight = check_choice(negative_weight, NEGATIVE_WEIGHTS, "negative_weight")
@@ -172,7 +186,8 @@ class FDALoss(RecordingLoss):
         return {"loss": self.weight * fda, "fda": fda, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean()}
 
     def extra_repr(self) -> str:
-        return (f"k={self.k}, tau={self.tau.item():.4g}, bias={self.bias.item():.4g}, threshold={self.threshold!r}, "
+        return (f"preset={self.preset!r}, k={self.k}, tau={self.tau.item():.4g}, bias={self.bias.item():.4g}, "
+                f"threshold={self.threshold!r}, "
                 f"negative_weight={self.negative_weight!r}, reduction={self.reduction!r}, weight={self.weight}")
 
 
