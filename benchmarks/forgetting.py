@@ -30,7 +30,7 @@ from proxyfda.methods import resolve_config  # noqa: E402
 from proxyfda.runs import CONFIG, Run  # noqa: E402
 from proxyfda.training import finetune  # noqa: E402
 
-FULL = {"methods": "naive,l2sp,ldifs,fda,proxy-fda", "seeds": "0,1,2", "steps": 300}
+FULL = {"methods": "naive,l2sp,ldifs,ldifs-final,fda,proxy-fda", "seeds": "0,1,2", "steps": 300}
 QUICK = {"methods": "naive,proxy-fda", "seeds": "0", "steps": 40}
 # 500 test images: with 200 (600 held out), a 40-step naive run once probed exactly as the pre-trained
 # encoder did (0.795 both); at 500 its ΔLP is −2.0 to −2.4 points over three probe splits.

@@ -37,7 +37,7 @@ def step_times(config: FinetuneConfig, run_dir: Path) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="naive,l2sp,ldifs,lp-ft,fda,proxy-fda")
+    parser.add_argument("--methods", default="naive,l2sp,ldifs,ldifs-final,lp-ft,fda,proxy-fda")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()

@@ -8,9 +8,11 @@ and scaled to [0, 1], to one pooled feature vector per image; its ``pixel_norm``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -85,6 +87,24 @@ class Encoder(nn.Module):
         """Everything about the input pipeline that changes the features."""
         return f"{self.image_size}|{self.pixel_norm.mean}|{self.pixel_norm.std}"
 
+    def tap_modules(self) -> list[nn.Module]:
+        """The internal layers whose outputs LDIFS's original form compares (several depths of the
+        network, input side first); empty when the architecture declares none."""
+        return []
+
+    @contextlib.contextmanager
+    def capture_taps(self) -> Iterator[list[torch.Tensor]]:
+        """Within the block, every forward appends the outputs of `tap_modules` (in their order) to the
+        yielded list, gradients included."""
+        taps: list[torch.Tensor] = []
+        handles = [module.register_forward_hook(lambda module, inputs, output: taps.append(output))
+                   for module in self.tap_modules()]
+        try:
+            yield taps
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def set_stochastic(self, enabled: bool) -> None:
         """Switch the layers that add noise in training mode (dropout, drop-path, patch and attention
         dropout) on or off. Off, a training-mode forward equals the eval-mode one but for BatchNorm
@@ -118,6 +138,13 @@ class EfficientNetLiteEncoder(Encoder):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(pixels).mean(dim=(2, 3))
+
+    def tap_modules(self) -> list[nn.Module]:
+        """The stem, the last block of every stage (where the width changes next) and the head."""
+        blocks = list(self.backbone._blocks)
+        widths = [block._project_conv.out_channels for block in blocks]
+        ends = [block for i, block in enumerate(blocks) if i == len(blocks) - 1 or widths[i] != widths[i + 1]]
+        return [self.backbone._bn0, *ends, self.backbone._bn1]
 
     def set_stochastic(self, enabled: bool) -> None:
         """Also drop-connect, which the trunk applies functionally from its global parameters (rate
@@ -174,6 +201,18 @@ class OpenClipEncoder(Encoder):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixels)
+
+    def tap_modules(self) -> list[nn.Module]:
+        """A ViT: after ln_pre and after every quarter of the blocks (blocks 3, 6, 9, 12 of a 12-block
+        tower, as the LDIFS code taps CLIP); a ModifiedResNet: after each of its four stages."""
+        visual = self.backbone
+        if hasattr(visual, "transformer") and hasattr(visual, "ln_pre"):
+            blocks = list(visual.transformer.resblocks)
+            quarter = max(1, len(blocks) // 4)
+            return [visual.ln_pre, *blocks[quarter - 1::quarter]]
+        if all(hasattr(visual, f"layer{i}") for i in range(1, 5)):
+            return [getattr(visual, f"layer{i}") for i in range(1, 5)]
+        return []
 
 
 @register_architecture("open_clip")

@@ -44,8 +44,10 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("naive", "task loss only"),
     Method("l2sp", "+ α‖θ − θ0‖² on the encoder's weights", regularizer="l2sp", options={"alpha": 0.5}),
-    Method("ldifs", "+ α · distance of L2-normalised features to the pre-trained ones", regularizer="ldifs",
-           options={"alpha": 10.0}, needs_pretrained_features=True),
+    Method("ldifs", "+ α · LDIFS as published: per-element distance of internal activations at several depths "
+           "to a frozen pre-trained copy's", regularizer="ldifs", options={"alpha": 10.0}),
+    Method("ldifs-final", "+ α · our one-layer LDIFS variant: distance of the L2-normalised final features to "
+           "the pre-trained ones", regularizer="ldifs-final", options={"alpha": 10.0}, needs_pretrained_features=True),
     Method("lp-ft", "the head starts as a linear probe on frozen features, then naive fine-tuning",
            needs_pretrained_features=True, head="probe"),
     Method("fda", "+ λ · FDA: the batch's pre-trained kNN graph, kept in the fine-tuned space", regularizer="fda",

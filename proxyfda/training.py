@@ -12,6 +12,7 @@ most of the regularisers' overhead.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -176,6 +177,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
         regularizer.record_stats = False  # the training loop reads the loss terms, not the records
     optimizer, generator_opt = make_optimizers(config, encoder, head, regularizer)
     sampler = make_sampler(config, train_set, pre_features)
+    # LDIFS's original form compares internal activations with those of a frozen pre-trained copy
+    frozen = copy.deepcopy(encoder).requires_grad_(False) if getattr(regularizer, "input_kind", "") == "taps" else None
     set_train_mode(encoder, config.bn_mode, config.stochastic_layers)
 
     with RunWriter(run_dir, config, callback) as run:
@@ -191,12 +194,19 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             pixels = train_set.batch(idx, encoder.image_size).to(device)
             labels = torch.from_numpy(train_set.labels[idx]).to(device)
 
-            feats = encoder(pixels)
+            with encoder.capture_taps() if frozen is not None else contextlib.nullcontext() as taps:
+                feats = encoder(pixels)
             task = F.cross_entropy(head(feats), labels)
             terms: dict = {}
             if regularizer is not None:
-                inputs = ((encoder,) if regularizer.input_kind == "model"
-                          else (feats, pre_table[torch.from_numpy(idx).to(device)]))
+                if regularizer.input_kind == "model":
+                    inputs = (encoder,)
+                elif regularizer.input_kind == "taps":
+                    with torch.no_grad(), frozen.capture_taps() as taps_pre:
+                        frozen(pixels)
+                    inputs = (taps, taps_pre)
+                else:
+                    inputs = (feats, pre_table[torch.from_numpy(idx).to(device)])
                 terms = regularizer(*inputs, return_terms=True)
             # the generator's term is computed on detached features: it trains the generator only
             loss = task + terms.get("loss", 0.0) + terms.get("generator", 0.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from proxyfda.errors import ProxyFDAError
 from proxyfda.interpolation import wise_ft
-from proxyfda.losses import L2SPLoss, LDIFSLoss, build_regularizer
+from proxyfda.losses import L2SPLoss, LDIFSFinalLoss, LDIFSLoss, build_regularizer
 
 
 def small_net(seed=0):
@@ -41,10 +41,10 @@ def test_l2sp_skips_new_parameters_and_refuses_other_architectures():
         reg(nn.Sequential(nn.Conv2d(3, 2, 3)))
 
 
-def test_ldifs_is_zero_for_identical_features_and_matches_a_hand_computation():
+def test_ldifs_final_is_zero_for_identical_features_and_matches_a_hand_computation():
     g = torch.Generator().manual_seed(0)
     feats, feats_pre = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
-    reg = LDIFSLoss(alpha=10.0)
+    reg = LDIFSFinalLoss(alpha=10.0)
     assert reg(feats_pre, feats_pre).item() == 0.0
     assert reg(3.0 * feats_pre, feats_pre).item() == pytest.approx(0.0, abs=1e-6)
     a = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
@@ -101,3 +101,42 @@ def test_wise_ft_drops_a_cached_weights_hash():
     pre, ft = HashedNet(nn.Linear(2, 2)), HashedNet(nn.Linear(2, 2))
     ft.hash = "hash of the fine-tuned weights"
     assert wise_ft(pre, ft, 0.5).hash is None
+
+
+def test_ldifs_original_form_compares_tapped_activations_per_element():
+    """LDIFS as published: α · Σ_taps mean((a − a_pre)²) over the taps of a frozen pre-trained copy,
+    here against activations collected with hooks of the test's own."""
+    import copy
+
+    from proxyfda.encoders import create_encoder
+
+    encoder = create_encoder("efficientnet-lite0", image_size=32)
+    taps = encoder.tap_modules()
+    assert len(taps) == 9 and taps[0] is encoder.backbone._bn0 and taps[-1] is encoder.backbone._bn1
+    fine = copy.deepcopy(encoder)
+    with torch.no_grad():
+        fine.backbone._blocks[3]._project_conv.weight.mul_(1.5)  # change one block: later taps move
+    pixels = torch.rand(4, 3, 32, 32)
+
+    def hooked(model):
+        seen = []
+        handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach())) for m in model.tap_modules()]
+        with torch.no_grad():
+            model(pixels)
+        for handle in handles:
+            handle.remove()
+        return seen
+
+    expected_taps = [((a - b) ** 2).mean().item() for a, b in zip(hooked(fine), hooked(encoder))]
+    assert expected_taps[0] == 0.0 and expected_taps[-1] > 0.0
+    loss = LDIFSLoss(alpha=10.0)
+    with fine.capture_taps() as got, encoder.capture_taps() as got_pre:
+        fine(pixels)
+        encoder(pixels)
+    terms = loss(got, got_pre, return_terms=True)
+    assert terms["loss"].item() == pytest.approx(10.0 * sum(expected_taps), rel=1e-5)
+    np.testing.assert_allclose(loss.records["tap_distances"].numpy(), expected_taps, rtol=1e-5)
+    with pytest.raises(ProxyFDAError, match="ldifs-final"):
+        loss([], [])
+    with pytest.raises(ProxyFDAError, match="lists of activations"):
+        loss(got[0], got_pre[0])  # features instead of tap lists

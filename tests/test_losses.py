@@ -161,7 +161,7 @@ def test_records_describe_the_pairs(tiny):
 
 
 def test_registry_lists_and_builds_every_regulariser():
-    assert list_regularizers() == ["fda", "l2sp", "ldifs", "proxy-fda"]  # naive adds none: see proxyfda.methods
+    assert list_regularizers() == ["fda", "l2sp", "ldifs", "ldifs-final", "proxy-fda"]  # naive adds none
     fda = build_regularizer("fda", k=4, tau=0.05)
     assert isinstance(fda, FDALoss) and isinstance(fda, RecordingLoss) and fda.k == 4
     assert build_regularizer("proxy-fda", k=4, n_proxies=2).fda.k == 4

@@ -30,13 +30,13 @@ def history(run_dir) -> list[dict]:
 
 
 # lp-ft (its probe on every training feature) and l2sp took 106 s and 27 s on two shared cores
-@pytest.mark.parametrize("method", ["naive", pytest.param("l2sp", marks=pytest.mark.slow), "ldifs",
+@pytest.mark.parametrize("method", ["naive", pytest.param("l2sp", marks=pytest.mark.slow), "ldifs", "ldifs-final",
                                     pytest.param("lp-ft", marks=pytest.mark.slow), "fda", "proxy-fda"])
 def test_each_method_runs_and_saves_a_loadable_encoder(method, tmp_path):
     result = finetune(TINY.replace(method=method), tmp_path / method)
     assert result.status == "completed" and result.steps_done == 2
     train = [r for r in history(tmp_path / method) if r["kind"] == "train"]
-    if method in ("l2sp", "ldifs", "fda", "proxy-fda"):
+    if method in ("l2sp", "ldifs", "ldifs-final", "fda", "proxy-fda"):
         assert "reg_loss" in train[0] and np.isfinite(train[0]["reg_loss"])
     if method == "proxy-fda":
         assert {"reg_generator", "reg_manifold", "reg_variance"} <= set(train[0])
@@ -53,7 +53,7 @@ def test_regulariser_options_reach_the_module_and_bad_ones_fail(tmp_path):
         finetune(TINY.replace(method="fda", reg_options={"no_such_option": 1}), tmp_path / "fda")
     result = finetune(TINY.replace(method="l2sp", reg_options={"alpha": 0.0}), tmp_path / "l2sp0")
     assert all(r.get("reg_loss", 0.0) == 0.0 for r in history(result.run_dir))
-    assert sorted(METHODS) == sorted(["naive", "l2sp", "ldifs", "lp-ft", "fda", "proxy-fda", "safe"])
+    assert sorted(METHODS) == sorted(["naive", "l2sp", "ldifs", "ldifs-final", "lp-ft", "fda", "proxy-fda", "safe"])
 
 
 def test_lp_ft_head_predicts_like_the_probe():

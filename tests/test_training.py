@@ -208,7 +208,7 @@ def test_first_ldifs_record_is_zero_before_any_update(tmp_path, stochastic, expe
     result = finetune(TINY_FINETUNE.replace(method="ldifs", steps=1, stochastic_layers=stochastic),
                       tmp_path / "run")
     first = Run.open(result.run_dir).records()[0]
-    assert {"reg_loss", "reg_distance_sq"} <= set(first)
+    assert {"reg_loss", "reg_distance"} <= set(first)
     if expect_zero:
         assert first["reg_loss"] < 1e-4
     else:

@@ -1,7 +1,8 @@
-"""Regularisers against forgetting, by name: l2sp, ldifs, fda, proxy-fda.
+"""Regularisers against forgetting, by name: l2sp, ldifs (taps), ldifs-final, fda, proxy-fda.
 
     reg = build_regularizer("fda", k=8)
-    terms = reg(feats, feats_pre, return_terms=True)  # or reg(encoder) when reg.input_kind == "model"
+    terms = reg(feats, feats_pre, return_terms=True)  # reg.input_kind: "features" (this), "model":
+                                                     # reg(encoder), "taps": reg(taps, taps_pre)
     reg.records                                      # what the last call saw, for a debugger
 
 Naive fine-tuning has no regulariser: the method table (proxyfda.methods) says which one each
@@ -15,14 +16,14 @@ from typing import Any
 
 from ..errors import ProxyFDAError
 from .base import REGULARIZERS, RecordingLoss, keyword_names, register_regularizer
-from .baselines import L2SPLoss, LDIFSLoss
+from .baselines import L2SPLoss, LDIFSFinalLoss, LDIFSLoss
 from .fda import FDALoss, pair_weights, pretrained_neighbours, weighted_sigmoid_loss
 from .proxy_fda import ProxyFDALoss
 from .proxy_generator import ProxyGenerator, ProxyOutput
 
 __all__ = [
     "REGULARIZERS", "RecordingLoss", "build_regularizer", "list_regularizers", "register_regularizer",
-    "L2SPLoss", "LDIFSLoss", "FDALoss", "ProxyFDALoss", "ProxyGenerator", "ProxyOutput",
+    "L2SPLoss", "LDIFSLoss", "LDIFSFinalLoss", "FDALoss", "ProxyFDALoss", "ProxyGenerator", "ProxyOutput",
     "pair_weights", "pretrained_neighbours", "weighted_sigmoid_loss",
 ]
 

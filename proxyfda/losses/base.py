@@ -28,7 +28,8 @@ class RecordingLoss(nn.Module):
 
     Subclasses implement ``compute(...) -> dict[str, Tensor]`` (with a ``"loss"`` entry) and may call
     ``self.record(name, value)`` for extra statistics. ``input_kind`` tells a training loop what to
-    pass: ``"features"`` -> ``forward(feats, feats_pre)``, ``"model"`` -> ``forward(encoder)``.
+    pass: ``"features"`` -> ``forward(feats, feats_pre)``, ``"model"`` -> ``forward(encoder)``,
+    ``"taps"`` -> ``forward(taps, taps_pre)`` (internal activations, `Encoder.capture_taps`).
     Set ``record_stats = False`` to skip recording (no device-to-host copies).
     """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -59,8 +59,45 @@ class L2SPLoss(RecordingLoss):
 
 @register_regularizer("ldifs")
 class LDIFSLoss(RecordingLoss):
-    """α · mean over the batch of ‖x − x̂‖², x and x̂ the L2-normalised fine-tuned and pre-trained
-    features (= 2 − 2 cos). Ours taps one layer (the features passed in), the original several."""
+    """LDIFS as its authors define it: α · Σ over tapped layers of the per-element mean of
+    (fine-tuned activation − pre-trained activation)², α = 10.
+
+    forward(taps, taps_pre): two equal-length lists of activations from the same internal layers
+    (`Encoder.capture_taps`), the fine-tuned ones with gradient, the pre-trained ones from a frozen
+    copy of the starting encoder. Records each tap's distance (``tap_distances``).
+    """
+
+    input_kind = "taps"
+
+    def __init__(self, alpha: float = 10.0) -> None:
+        super().__init__()
+        self.alpha = check_number(alpha, "alpha", low=0.0)
+
+    def compute(self, taps: Sequence[torch.Tensor], taps_pre: Sequence[torch.Tensor]) -> dict[str, Any]:
+        if not isinstance(taps, (list, tuple)) or not isinstance(taps_pre, (list, tuple)):
+            raise ProxyFDAError("LDIFS takes two lists of activations of the same tapped layers "
+                                "(Encoder.capture_taps), not feature tensors; for final features use 'ldifs-final'")
+        if not taps or len(taps) != len(taps_pre):
+            raise ProxyFDAError(f"LDIFS compares the same tapped layers of both encoders; got {len(taps)} fine-tuned "
+                                f"and {len(taps_pre)} pre-trained activations (the encoder may declare no taps: "
+                                "use the one-layer variant, method 'ldifs-final')")
+        per_tap = []
+        for i, (tap, tap_pre) in enumerate(zip(taps, taps_pre)):
+            if tap.shape != tap_pre.shape:
+                raise ProxyFDAError(f"tap {i}: fine-tuned activation {tuple(tap.shape)} vs pre-trained "
+                                    f"{tuple(tap_pre.shape)}; both must come from the same layer and batch")
+            per_tap.append((tap.float() - tap_pre.detach().float()).square().mean())
+        distances = torch.stack(per_tap)
+        self.record("tap_distances", distances)
+        distance = distances.sum()
+        return {"loss": self.alpha * distance, "distance": distance}
+
+
+@register_regularizer("ldifs-final")
+class LDIFSFinalLoss(RecordingLoss):
+    """This project's one-layer variant of LDIFS: α · mean over the batch of ‖x − x̂‖², x and x̂ the
+    L2-normalised final fine-tuned and pre-trained features (= 2 − 2 cos). Cheaper (the pre-trained
+    features are cached) and scale-free, but a different strength and shape of constraint than LDIFS."""
 
     def __init__(self, alpha: float = 10.0) -> None:
         super().__init__()
