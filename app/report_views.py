@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from proxyfda.drift import DriftReport
+from proxyfda.drift import DriftReport, calibrate
 from proxyfda.metrics import class_composition
 
 from app.session import set_focus
@@ -89,3 +89,30 @@ def export_buttons(report: DriftReport) -> None:
     a.download_button("Per-point drift (CSV)", csv, "points.csv", "text/csv")
     b.download_button("Per-point drift (parquet)", buffer.getvalue(), "points.parquet", "application/octet-stream")
     c.download_button("Class drift (CSV)", report.class_table.to_csv(index=False).encode(), "classes.csv", "text/csv")
+
+
+CALIBRATION_LABELS = {"overlap_at_k_mean": "overlap@k", "jaccard_mean": "Jaccard",
+                      "order_agreement_mean": "order agreement", "cknna": "CKNNA", "linear_cka": "linear CKA",
+                      "mean_l2_drift": "mean L2 drift"}
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _calibration(_report: DriftReport, _x_a: np.ndarray, _x_b: np.ndarray, key: tuple) -> pd.DataFrame:
+    return calibrate(_report, _x_a, _x_b)
+
+
+def calibration_view(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, key: tuple) -> None:
+    """Each global score beside its value when the pairing of images is broken, and a bootstrap interval."""
+    st.caption("Raw scores rise with dimension and k alone. Here each is compared with its value over 20 random "
+               "re-pairings of the fine-tuned rows (the null: unrelated spaces of the same shape), and per-point "
+               "means get a 95 % bootstrap interval over images. A score near its null preserved nothing.")
+    with st.spinner("Re-pairing the images 20 times…"):
+        table = _calibration(report, x_a, x_b, key + (report.k,))
+    shown = pd.DataFrame({
+        "score": [CALIBRATION_LABELS[name] for name in table["score"]],
+        "value": table["value"],
+        "null (mean ± sd)": [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["null_mean"], table["null_sd"])],
+        "95 % interval": ["—" if np.isnan(lo) else f"{lo:.3f} – {hi:.3f}"
+                          for lo, hi in zip(table["ci_low"], table["ci_high"])],
+    })
+    st.dataframe(shown, hide_index=True, column_config={"value": st.column_config.NumberColumn(format="%.3f")})

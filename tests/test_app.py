@@ -61,6 +61,12 @@ def test_first_launch_builds_the_default_with_progress_then_shows_drift(tiny_def
     at.session_state[TAB_KEY] = "Class drift"
     at.run()
     assert len(at.dataframe) == 1 and "drift.class_heatmap" in [c.key for c in at.get("plotly_chart")]
+    at.session_state[TAB_KEY] = "Calibration"
+    at.run()
+    calibration = at.dataframe[0].value
+    assert list(calibration["score"])[:2] == ["overlap@k", "Jaccard"] and not at.exception
+    shown_overlap = float(next(m.value for m in at.metric if m.label == "overlap@5"))
+    assert calibration["value"].iloc[0] == pytest.approx(shown_overlap, abs=5e-4)  # the panel's own score
     at.session_state[TAB_KEY] = "Export"
     at.run()
     assert [b.label for b in at.get("download_button")][:1] == ["Per-point drift (CSV)"]
