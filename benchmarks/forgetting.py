@@ -37,23 +37,23 @@ QUICK = {"methods": "naive,proxy-fda", "seeds": "0", "steps": 40}
 QUICK_HELD_OUT = {"fashion-mnist:test": 1500}
 
 
+def ensure_run(config: FinetuneConfig, run_dir: Path) -> Path:
+    """Fine-tune ``config`` into ``run_dir``, unless a completed run of the same config is there already."""
+    if (run_dir / CONFIG).exists() and Run.open(run_dir).status == "completed" \
+            and Run.open(run_dir).config == resolve_config(config):
+        return run_dir
+    started = time.perf_counter()
+    result = finetune(config, run_dir)
+    print(f"  {run_dir.name}: {result.status}, task head accuracy {result.final_eval_accuracy:.3f}, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    return run_dir
+
+
 def run_all(methods: list[str], seeds: list[int], base: FinetuneConfig, runs_dir: Path,
             reg_options: dict) -> list[Path]:
     """Fine-tune every (method, seed); a completed run directory is reused, not trained again."""
-    dirs = []
-    for method in methods:
-        for seed in seeds:
-            config = base.replace(method=method, seed=seed, reg_options=reg_options.get(method, {}))
-            run_dir = runs_dir / f"{method}-s{seed}"
-            reuse = ((run_dir / CONFIG).exists() and Run.open(run_dir).status == "completed"
-                     and Run.open(run_dir).config == resolve_config(config))
-            if not reuse:
-                started = time.perf_counter()
-                result = finetune(config, run_dir)
-                print(f"  {run_dir.name}: {result.status}, task head accuracy {result.final_eval_accuracy:.3f}, "
-                      f"{time.perf_counter() - started:.0f} s", flush=True)
-            dirs.append(run_dir)
-    return dirs
+    return [ensure_run(base.replace(method=method, seed=seed, reg_options=reg_options.get(method, {})),
+                       runs_dir / f"{method}-s{seed}") for method in methods for seed in seeds]
 
 
 def summarise(report: dict) -> dict[str, dict[str, tuple[float, float]]]:

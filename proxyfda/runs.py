@@ -7,7 +7,8 @@
                    the previous checkpoint loadable
 ``safe.pt``        what a SAFE run saves instead (`proxyfda.safe_encoder.save_safe`)
 ``wise.json``      a WiSE-FT run only: the run it interpolates and α
-``summary.json``   ``status`` (running, completed, stopped) and the final figures
+``summary.json``   ``status`` (running, completed, stopped), the final figures and the wall time of
+                   the writing (``seconds``)
 =================  =================================================================================
 
 `RunWriter` writes a run (the training loop, SAFE, WiSE-FT), `Run` reads one back and `list_runs`
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -63,6 +65,7 @@ class RunWriter:
         self.path = Path(run_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.callback = callback
+        self._started = time.perf_counter()
         atomic_write_text(self.path / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
         self._write_summary({"status": "running"})
         self._history = (self.path / HISTORY).open("w")
@@ -96,7 +99,8 @@ class RunWriter:
     def finish(self, status: str, steps_done: int, final_eval_accuracy: float | None) -> RunResult:
         """Close the history and write the summary: the run is now complete (or stopped) on disk."""
         self.close()
-        self._write_summary({"status": status, "steps_done": steps_done, "final_eval_accuracy": final_eval_accuracy})
+        self._write_summary({"status": status, "steps_done": steps_done, "final_eval_accuracy": final_eval_accuracy,
+                             "seconds": round(time.perf_counter() - self._started, 3)})
         return RunResult(self.path, status, steps_done, final_eval_accuracy)
 
     def close(self) -> None:
