@@ -40,6 +40,7 @@ def test_finetune_with_reg_options_writes_a_loadable_run(tmp_path, capsys):
         assert r["reg_loss"] == pytest.approx(2.0 * r["reg_fda"], rel=1e-5)
         assert r["loss"] == pytest.approx(r["task"] + r["reg_loss"], rel=1e-5)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary.pop("seconds") > 0  # the run's wall time
     assert summary == {"status": "completed", "steps_done": 4, "final_eval_accuracy": evals[-1]["accuracy"]}
     printed = capsys.readouterr().out
     assert f"completed after 4 steps; eval accuracy {evals[-1]['accuracy']}" in printed
