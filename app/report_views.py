@@ -33,15 +33,15 @@ METRIC_HELP = {
 def metrics_panel(report: DriftReport) -> None:
     m = report.metrics
     baseline = m["overlap_at_k_random_baseline"]
-    cols = iter(st.columns(9))
-    first = next(cols)
-    first.metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
-    first.caption(f"random baseline k/(N−1) = {baseline:.4f}")
+    # two rows of five, so every label reads in full: neighbourhoods first, then geometry
+    neighbourhood, geometry = st.columns(5), st.columns(5)
+    neighbourhood[0].metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
+    neighbourhood[0].caption(f"random baseline k/(N−1) = {baseline:.4f}")
     shown = (("Jaccard", "jaccard_mean", "jaccard"), ("order agreement", "order_agreement_mean", "order"),
              ("trustworthiness", "trustworthiness", "trustworthiness"), ("continuity", "continuity", "continuity"),
              ("linear CKA", "linear_cka", "cka"), ("CKNNA", "cknna", "cknna"),
              ("Procrustes disparity", "procrustes_disparity", "procrustes"), ("mean L2 drift", "mean_l2_drift", "l2"))
-    for column, (label, key, help_key) in zip(cols, shown):
+    for column, (label, key, help_key) in zip(neighbourhood[1:] + geometry, shown):
         column.metric(label, f"{m[key]:.3f}" if key in m else "n/a", help=METRIC_HELP[help_key])
     st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
 
