@@ -14,9 +14,10 @@ import numpy as np
 import streamlit as st
 
 from proxyfda import projection
-from proxyfda.config import DEFAULT_FINETUNED, DriftConfig
+from proxyfda.config import DriftConfig
 from proxyfda.data import ImageSet, load_images
 from proxyfda.drift import DriftReport, cached_drift, drift_features
+from proxyfda.encoders import names_default
 from proxyfda.runs import default_run_ready
 
 
@@ -68,7 +69,7 @@ def ensure_default_encoder() -> None:
 
 def load_features(config: DriftConfig, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """Both encoders' features through the library's drift route, with a progress bar while embedding."""
-    if config.finetuned.strip() == DEFAULT_FINETUNED or config.pretrained.strip() == DEFAULT_FINETUNED:
+    if names_default([config.pretrained, config.finetuned]):
         ensure_default_encoder()
     placeholder = st.empty()
 

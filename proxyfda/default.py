@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import runs
-from .config import DEFAULT_FINETUNED
+from .encoders import names_default
 from .runs import Callback, default_run_dir, default_run_ready
 from .training import finetune
 
@@ -36,5 +36,5 @@ def ensure_default_finetuned(callback: Callback | None = None) -> Path:
 
 def ensure_default_for(specs: Iterable[str], callback: Callback | None = None) -> None:
     """Build the default fine-tuned encoder first if any of ``specs`` names it."""
-    if any(spec.strip() == DEFAULT_FINETUNED for spec in specs):
+    if names_default(specs):
         ensure_default_finetuned(callback)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .config import DEFAULT_FINETUNED
 from .errors import ProxyFDAError
@@ -47,6 +47,11 @@ def list_encoders() -> list[str]:
     from .backbones import ARCHITECTURES
 
     return sorted([*ARCHITECTURES.names(), *SAVED_PREFIXES, DEFAULT_FINETUNED])
+
+
+def names_default(specs: Iterable[str]) -> bool:
+    """Whether any of ``specs`` is the ``default-finetuned`` alias (which must be built before use)."""
+    return any(spec.strip() == DEFAULT_FINETUNED for spec in specs)
 
 
 def canonical_spec(spec: str) -> str:
