@@ -7,6 +7,9 @@
                    the previous checkpoint loadable
 ``safe.pt``        what a SAFE run saves instead (`proxyfda.safe_encoder.save_safe`)
 ``wise.json``      a WiSE-FT run only: the run it interpolates and α
+``probe/``         the feature space's own history: ``rows.json`` names the probe images (rows of the
+                   run's eval set), ``step-NNNNNN.npy`` their features (float16) at every evaluation,
+                   step 0 being the pre-trained encoder
 ``summary.json``   ``status`` (running, completed, stopped), the final figures and the wall time of
                    the writing (``seconds``)
 =================  =================================================================================
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,10 @@ from .errors import ProxyFDAError
 from .paths import atomic_write_bytes, atomic_write_text, cache_dir
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+    from .data import ImageSet
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
@@ -38,6 +45,8 @@ CHECKPOINT = "checkpoint.pt"
 SAFE_RESULT = "safe.pt"
 WISE = "wise.json"
 SUMMARY = "summary.json"
+PROBE = "probe"
+PROBE_ROWS = "rows.json"
 
 #: callback(record): called with every history record as it is written
 Callback = Callable[[dict], None]
@@ -95,6 +104,19 @@ class RunWriter:
 
     def save_json(self, name: str, value: dict) -> None:
         atomic_write_text(self.path / name, json.dumps(value, indent=2) + "\n")
+
+    def save_probe_rows(self, rows: "np.ndarray") -> None:
+        """Which rows of the run's eval set form the probe set whose features every evaluation keeps."""
+        (self.path / PROBE).mkdir(exist_ok=True)
+        atomic_write_text(self.path / PROBE / PROBE_ROWS, json.dumps([int(r) for r in rows]) + "\n")
+
+    def save_probe(self, step: int, features: "np.ndarray") -> None:
+        """The probe set's features at ``step`` (float16: a 500 × 1280 snapshot is 1.3 MB)."""
+        import numpy as np
+
+        (self.path / PROBE).mkdir(exist_ok=True)
+        atomic_write_bytes(self.path / PROBE / f"step-{step:06d}.npy",
+                           lambda handle: np.save(handle, np.asarray(features, dtype=np.float16)))
 
     def finish(self, status: str, steps_done: int, final_eval_accuracy: float | None) -> RunResult:
         """Close the history and write the summary: the run is now complete (or stopped) on disk."""
@@ -192,6 +214,33 @@ class Run:
         if not path.exists():
             raise ProxyFDAError(f"SAFE run '{self.path}' has no {SAFE_RESULT}: it did not finish")
         return path
+
+    def probe_steps(self) -> list[int]:
+        """The steps with a probe snapshot, ascending (0 is the pre-trained encoder); empty for runs that
+        kept none (SAFE, WiSE-FT, runs written before snapshots existed)."""
+        folder = self.path / PROBE
+        names = (re.fullmatch(r"step-(\d+)\.npy", p.name) for p in folder.iterdir()) if folder.is_dir() else ()
+        return sorted(int(m.group(1)) for m in names if m)
+
+    def probe_features(self, step: int) -> "np.ndarray":
+        """The probe set's features at ``step`` as float32, or a clear error naming the steps there are."""
+        import numpy as np
+
+        path = self.path / PROBE / f"step-{step:06d}.npy"
+        if not path.exists():
+            raise ProxyFDAError(f"run '{self.path}' has no probe snapshot at step {step}; it has "
+                                f"{self.probe_steps() or 'none'}")
+        return np.load(path).astype(np.float32)
+
+    def probe_images(self) -> "ImageSet":
+        """The probe images: the run's eval set (as the run loaded it) at the rows in ``probe/rows.json``."""
+        from .data import load_images
+
+        path = self.path / PROBE / PROBE_ROWS
+        if not path.exists():
+            raise ProxyFDAError(f"run '{self.path}' kept no probe set (no {PROBE}/{PROBE_ROWS})")
+        images = load_images(self.config.eval_data, n=self.config.eval_size, seed=self.config.seed)
+        return images.subset(json.loads(path.read_text()))
 
     def wise(self) -> dict | None:
         """For a WiSE-FT run, ``{"source": run dir, "alpha": α}``; None otherwise."""

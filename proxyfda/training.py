@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,13 +29,19 @@ from torch import nn
 
 from .backbones import Encoder
 from .config import FinetuneConfig, SafeConfig
-from .data import ImageSet, load_images, stratified_split
+from .data import ImageSet, balanced_sample, load_images, stratified_split
+from .drift import compute_drift
 from .device import resolve_device
 from .encoders import create_encoder
 from .features import extract_features
 from .methods import get_method, method_options, resolve_config
 from .runs import SAFE_RESULT, Callback, RunResult, RunWriter
 from .sampling import ClassBalancedSampler, EpochSampler
+
+#: the probe set: up to this many class-balanced images of the eval set, whose features every
+#: evaluation keeps (``probe/`` in the run directory) and scores against the pre-trained ones
+PROBE_SIZE = 500
+PROBE_K = 10
 
 
 def set_train_mode(encoder: Encoder, bn_mode: str, stochastic_layers: bool = False) -> None:
@@ -56,21 +63,40 @@ def lr_at(step: int, config: FinetuneConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+class EvalPass(NamedTuple):
+    accuracy: float
+    features: np.ndarray  # the encoder's features of every image, in order
+
+
 @torch.no_grad()
-def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
-    """Top-1 accuracy of encoder + head on ``images`` in eval mode; every module's mode is restored
-    afterwards (``encoder.train()`` would also unfreeze frozen BatchNorm layers)."""
+def eval_pass(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> EvalPass:
+    """Top-1 accuracy of encoder + head on ``images`` in eval mode, and the features it saw; every
+    module's mode is restored afterwards (``encoder.train()`` would also unfreeze frozen BatchNorm layers)."""
     modes = [(module, module.training) for part in (encoder, head) for module in part.modules()]
     encoder.eval()
     head.eval()
-    correct = 0
+    correct, features = 0, []
     for start in range(0, len(images), batch_size):
         idx = np.arange(start, min(start + batch_size, len(images)))
-        logits = head(encoder(images.batch(idx, encoder.image_size).to(encoder.device)))
-        correct += int((logits.argmax(1).cpu().numpy() == images.labels[idx]).sum())
+        feats = encoder(images.batch(idx, encoder.image_size).to(encoder.device))
+        correct += int((head(feats).argmax(1).cpu().numpy() == images.labels[idx]).sum())
+        features.append(feats.float().cpu().numpy())
     for module, training in modes:
         module.training = training
-    return correct / len(images)
+    return EvalPass(correct / len(images), np.concatenate(features))
+
+
+def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
+    """Top-1 accuracy of encoder + head on ``images`` in eval mode (see `eval_pass`)."""
+    return eval_pass(encoder, head, images, batch_size).accuracy
+
+
+def probe_scores(pre: np.ndarray, now: np.ndarray, images: ImageSet, k: int = PROBE_K) -> dict[str, float]:
+    """How much of the pre-trained probe space survives: mean overlap@k, CKNNA and linear CKA, as logged
+    with every evaluation (``probe_overlap``, ``probe_cknna``, ``probe_cka``)."""
+    metrics = compute_drift(pre, now, images.labels, images.class_names, min(k, len(pre) - 1)).metrics
+    return {"probe_overlap": metrics["overlap_at_k_mean"], "probe_cknna": metrics.get("cknna", float("nan")),
+            "probe_cka": metrics["linear_cka"]}
 
 
 def checkpoint_state(encoder: Encoder, head: nn.Module, step: int) -> dict:
@@ -181,7 +207,25 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     frozen = copy.deepcopy(encoder).requires_grad_(False) if getattr(regularizer, "input_kind", "") == "taps" else None
     set_train_mode(encoder, config.bn_mode, config.stochastic_layers)
 
+    probe_rows = balanced_sample(eval_set.labels, PROBE_SIZE, config.seed)
+    probe_set = eval_set.subset(probe_rows)
+
     with RunWriter(run_dir, config, callback) as run:
+        run.save_probe_rows(probe_rows)
+
+        def evaluation(step: int) -> float:
+            """Accuracy on the eval set; the probe's features kept and scored against step 0's."""
+            nonlocal pre_probe
+            result = eval_pass(encoder, head, eval_set)
+            probe = result.features[probe_rows]
+            pre_probe = probe if pre_probe is None else pre_probe
+            run.save_probe(step, probe)
+            run.log({"kind": "eval", "step": step, "accuracy": result.accuracy,
+                     **probe_scores(pre_probe, probe, probe_set)})
+            return result.accuracy
+
+        pre_probe = None
+        evaluation(0)  # the pre-trained encoder (with the starting head): where every curve begins
         step, accuracy, status = 0, None, "completed"
         for step in range(1, config.steps + 1):
             if stop is not None and stop.is_set():
@@ -221,8 +265,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), **_scalar_terms(terms),
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
             if step % config.eval_every == 0 or step == config.steps:
-                accuracy = evaluate(encoder, head, eval_set)
-                run.log({"kind": "eval", "step": step, "accuracy": accuracy})
+                accuracy = evaluation(step)
                 run.save_checkpoint(checkpoint_state(encoder, head, step))
         if status == "stopped" and step > 0:
             run.save_checkpoint(checkpoint_state(encoder, head, step))

@@ -35,7 +35,7 @@ def test_finetune_with_reg_options_writes_a_loadable_run(tmp_path, capsys):
     history = read_history(out)
     train = [r for r in history if r["kind"] == "train"]
     evals = [r for r in history if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == [1, 2, 3, 4] and [r["step"] for r in evals] == [2, 4]
+    assert [r["step"] for r in train] == [1, 2, 3, 4] and [r["step"] for r in evals] == [0, 2, 4]
     for r in train:  # λ = 2 reached the regulariser: its loss term is twice its FDA value
         assert r["reg_loss"] == pytest.approx(2.0 * r["reg_fda"], rel=1e-5)
         assert r["loss"] == pytest.approx(r["task"] + r["reg_loss"], rel=1e-5)

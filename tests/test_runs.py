@@ -27,7 +27,7 @@ def test_a_run_reads_back_as_an_object(tiny_run):
     assert run.status == "completed" and run.summary()["steps_done"] == 4
     history = run.history()
     assert list(history.loc[history["kind"] == "train", "step"]) == [1, 2, 3, 4]
-    assert list(history.loc[history["kind"] == "eval", "step"]) == [2, 4]
+    assert list(history.loc[history["kind"] == "eval", "step"]) == [0, 2, 4]
     assert history.loc[history["kind"] == "eval", "accuracy"].iloc[-1] == run.summary()["final_eval_accuracy"]
     assert run.checkpoints() == [tiny_run / "checkpoint.pt"]
     assert run.checkpoint_state()["step"] == 4
@@ -48,6 +48,31 @@ def test_writer_says_running_until_finished_and_writes_atomically(tmp_path):
     assert run.status == "stopped" and torch.equal(run.checkpoint_state()["encoder"]["w"], torch.ones(2))
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["checkpoint.pt", "config.json", "history.jsonl",
                                                                   "summary.json"]  # no temporaries left
+
+
+def test_a_run_keeps_the_history_of_its_feature_space(tiny_run):
+    """Every evaluation stores the probe set's features (step 0: the pre-trained encoder) and scores them
+    against step 0's; the snapshots read back equal to recomputing the features from the weights."""
+    from proxyfda.metrics import knn_overlap, linear_cka
+    from proxyfda.features import embed
+    from proxyfda.knn import knn_graph
+
+    run = Run.open(tiny_run)
+    assert run.probe_steps() == [0, 2, 4]
+    images = run.probe_images()
+    assert len(images) == len(run.probe_features(0)) == 60 and len(set(images.labels)) == 10
+    assert (tiny_run / "probe" / "step-000004.npy").stat().st_size < 60 * 1280 * 2 + 200  # float16
+    pre = embed(create_encoder(run.config.base_encoder, image_size=32), images)
+    now = embed(create_encoder(run.spec, image_size=32), images)
+    np.testing.assert_allclose(run.probe_features(0), pre, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(run.probe_features(4), now, atol=2e-3, rtol=2e-3)
+    evals = run.history().query("kind == 'eval'").set_index("step")
+    assert evals.loc[0, "probe_overlap"] == 1.0 and evals.loc[0, "probe_cka"] == pytest.approx(1.0)
+    graphs = [knn_graph(x, 10, backend="torch").indices for x in (pre, now)]
+    assert evals.loc[4, "probe_overlap"] == pytest.approx(knn_overlap(*graphs).mean(), abs=0.02)
+    assert evals.loc[4, "probe_cka"] == pytest.approx(linear_cka(pre, now), abs=1e-3)
+    with pytest.raises(ProxyFDAError, match=r"no probe snapshot at step 3; it has \[0, 2, 4\]"):
+        run.probe_features(3)
 
 
 def test_list_runs_and_wise_runs_go_through_the_owner(tiny_run, tmp_path):
