@@ -60,7 +60,7 @@ def ensure_default_encoder() -> None:
         def callback(record: dict) -> None:
             if record["kind"] == "train":
                 bar.progress(record["step"] / total, text=f"step {record['step']}/{total} · loss {record['loss']:.3f}")
-            else:
+            elif record["step"] > 0:  # step 0 scores the untrained head
                 st.write(f"step {record['step']}: digit accuracy {record['accuracy']:.1%}")
 
         ensure_default_finetuned(callback=callback)

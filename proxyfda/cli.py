@@ -130,7 +130,8 @@ def _finetune_printer(desc: str = "fine-tune", total: int | None = None):
             if bar.n == bar.total:
                 bar.close()
         else:
-            tqdm.write(f"step {record['step']}: eval accuracy {record['accuracy']:.3f}")
+            kept = f", probe overlap@10 with step 0 {record['probe_overlap']:.3f}" if "probe_overlap" in record else ""
+            tqdm.write(f"step {record['step']}: eval accuracy {record['accuracy']:.3f}{kept}")
 
     return callback
 
