@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -256,6 +257,13 @@ def list_runs(root: str | Path) -> list[Run]:
     return [Run.open(path) for path in sorted(root.iterdir()) if (path / CONFIG).is_file()]
 
 
+def runs_root() -> Path:
+    """The folder the app starts runs in and lists them from: ``$PROXYFDA_RUNS``, else the cache's
+    ``runs`` folder (where the embedded default fine-tuned run lives too)."""
+    chosen = os.environ.get("PROXYFDA_RUNS")
+    return Path(chosen).expanduser() if chosen else cache_dir() / "runs"
+
+
 # ---------------------------------------------------------------------------------------------
 # the embedded default fine-tuned run (built by proxyfda.default)
 
@@ -264,7 +272,7 @@ def default_run_dir(config: FinetuneConfig | None = None) -> Path:
     """Where the default fine-tuned run lives: the cache, under a name that hashes its recipe."""
     config = config or DEFAULT_FINETUNE
     digest = hashlib.blake2b(json.dumps(config.to_dict(), sort_keys=True).encode(), digest_size=6).hexdigest()
-    return cache_dir() / "runs" / f"default-finetuned-{digest}"
+    return cache_dir() / "runs" / f"default-finetuned-{digest}"  # not runs_root(): it belongs to the cache
 
 
 def default_run_ready(config: FinetuneConfig | None = None) -> bool:

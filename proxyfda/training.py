@@ -104,6 +104,25 @@ def checkpoint_state(encoder: Encoder, head: nn.Module, step: int) -> dict:
     return {"encoder": encoder.state_dict(), "head": head.state_dict(), "step": step}
 
 
+def check_config(config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` resolved (`resolve_config`), with its method's options checked by building what reads
+    them (the regulariser, or SAFE's config) without an encoder: a bad option fails here, before any
+    model is loaded or any file written."""
+    config = resolve_config(config)
+    method = get_method(config.method)
+    options = method_options(config)
+    if method.trainer == "safe":
+        SafeConfig(steps=config.steps, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay,
+                   seed=config.seed, **options)
+    elif method.regularizer is not None:
+        from .losses import build_regularizer
+
+        if method.regularizer == "l2sp":
+            options["reference_state"] = {"check": torch.zeros(1)}
+        build_regularizer(method.regularizer, **options)
+    return config
+
+
 def build_method_regularizer(config: FinetuneConfig, encoder: Encoder) -> nn.Module | None:
     """The regulariser of ``config.method`` with its options (None for methods without one)."""
     from .losses import build_regularizer
@@ -182,7 +201,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     ``stop`` is checked between steps; a stopped run keeps a loadable checkpoint of the step
     it reached.
     """
-    config = resolve_config(config)
+    config = check_config(config)
     method = get_method(config.method)
     if method.trainer == "safe":
         return _finetune_safe(config, Path(run_dir), callback, stop)
