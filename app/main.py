@@ -14,13 +14,15 @@ if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from 
 
 import streamlit as st  # noqa: E402
 
+from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE  # noqa: E402
+
 st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 
-# One entry per page. Live fine-tune, Proxy debugger and Teaching join "Explore" / "Method" as
-# they are built; each is a script in pages/.
+# One entry per page; each is a script in pages/. The Proxy debugger and Teaching join as they are built.
 PAGES = {
     "Explore": [
-        st.Page(ROOT / "pages" / "drift_explorer.py", title="Drift Explorer", icon="🗺️", default=True),
+        st.Page(DRIFT_EXPLORER, title="Drift Explorer", icon="🗺️", default=True),
+        st.Page(LIVE_FINETUNE, title="Live fine-tune", icon="🏃"),
     ],
 }
 

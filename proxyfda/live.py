@@ -21,11 +21,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import FinetuneConfig
 from .errors import ProxyFDAError
 from .runs import Run, runs_root
 from .training import check_config, finetune
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +166,30 @@ class LiveTrainer:
         except Exception as exc:  # a bug, not bad input: keep the app alive and the traceback in the log
             log.exception("live fine-tune %s failed", job.id)
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc} (the server log has the traceback)"
+
+
+def runs_table(runs: list[Run]) -> "pd.DataFrame":
+    """The runs side by side, one row each: what made it (method with its preset, strength, steps) and
+    what it measured (task accuracy, and the probe's overlap@10 and CKNNA with the pre-trained space at
+    its last evaluation), its status and wall time. ``spec`` loads it as an encoder."""
+    import pandas as pd
+
+    from .methods import METHODS, method_label
+
+    rows = []
+    for run in runs:
+        summary, wise = run.summary(), run.wise()
+        method = METHODS.get(run.method)
+        evals = [r for r in run.records() if r.get("kind") == "eval"]
+        last = evals[-1] if evals and evals[-1]["step"] > 0 else {}
+        if wise:
+            label, strength = "wise-ft", wise["alpha"]
+        else:
+            label = method_label(run.config) if method else run.method
+            strength = run.config.reg_options.get(method.strength) if method and method.strength else None
+        rows.append({"run": run.name, "method": label, "strength": strength, "status": run.status,
+                     "steps": summary.get("steps_done"), "task accuracy": summary.get("final_eval_accuracy"),
+                     "overlap@10": last.get("probe_overlap"), "CKNNA": last.get("probe_cknna"),
+                     "seconds": summary.get("seconds"), "spec": run.spec})
+    return pd.DataFrame(rows, columns=["run", "method", "strength", "status", "steps", "task accuracy", "overlap@10",
+                                       "CKNNA", "seconds", "spec"])

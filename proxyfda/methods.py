@@ -34,6 +34,7 @@ class Method:
     summary: str  # what it adds to the task loss, in one line
     regularizer: str | None = None  # a proxyfda.losses registry name
     options: Mapping[str, Any] = field(default_factory=dict)  # the regulariser's default options
+    strength: str | None = None  # the option that sets how strongly it holds the encoder (in ``options``)
     sampler: str = "epoch"  # what sampler="auto" means: "epoch" (shuffled) or "balanced" (m classes × n)
     needs_pretrained_features: bool = False  # regulariser targets or the probe head read them
     head: str = "random"  # "random", or "probe": a linear probe fitted on frozen pre-trained features
@@ -43,18 +44,21 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("naive", "task loss only"),
-    Method("l2sp", "+ α‖θ − θ0‖² on the encoder's weights", regularizer="l2sp", options={"alpha": 0.5}),
+    Method("l2sp", "+ α‖θ − θ0‖² on the encoder's weights", regularizer="l2sp", options={"alpha": 0.5},
+           strength="alpha"),
     Method("ldifs", "+ α · LDIFS as published: per-element distance of internal activations at several depths "
-           "to a frozen pre-trained copy's", regularizer="ldifs", options={"alpha": 10.0}),
+           "to a frozen pre-trained copy's", regularizer="ldifs", options={"alpha": 10.0}, strength="alpha"),
     Method("ldifs-final", "+ α · our one-layer LDIFS variant: distance of the L2-normalised final features to "
-           "the pre-trained ones", regularizer="ldifs-final", options={"alpha": 10.0}, needs_pretrained_features=True),
+           "the pre-trained ones", regularizer="ldifs-final", options={"alpha": 10.0}, strength="alpha",
+           needs_pretrained_features=True),
     Method("lp-ft", "the head starts as a linear probe on frozen features, then naive fine-tuning",
            needs_pretrained_features=True, head="probe"),
     Method("fda", "+ λ · FDA: the batch's pre-trained kNN graph, kept in the fine-tuned space", regularizer="fda",
-           options={"preset": "ours"}, sampler="balanced", needs_pretrained_features=True),
-    Method("proxy-fda", "+ λ · FDA over real features and generated proxies (Proxy-FDA, ICML 2025; the proxy "
-           "generator is a reconstruction)", regularizer="proxy-fda", options={"preset": "ours"}, sampler="balanced",
+           options={"preset": "ours", "weight": 1.0}, strength="weight", sampler="balanced",
            needs_pretrained_features=True),
+    Method("proxy-fda", "+ λ · FDA over real features and generated proxies (Proxy-FDA, ICML 2025; the proxy "
+           "generator is a reconstruction)", regularizer="proxy-fda", options={"preset": "ours", "weight": 1.0},
+           strength="weight", sampler="balanced", needs_pretrained_features=True),
     Method("safe", "CLIP ResNets: tune only attnpool, blend with the original at inference (SAFE)",
            trainer="safe", training=SAFE_TRAINING_DEFAULTS),
 )}

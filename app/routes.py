@@ -1,0 +1,7 @@
+"""Where the pages live: the router (app/main.py) lists them and pages link to each other through these."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIFT_EXPLORER = ROOT / "pages" / "drift_explorer.py"
+LIVE_FINETUNE = ROOT / "pages" / "live_finetune.py"
