@@ -101,6 +101,12 @@ class ProjectionJobs:
                 self.jobs["warm-up"] = self.pool.submit(projection.warm_up)
 
     def submit(self, key: tuple, x_a: np.ndarray, x_b: np.ndarray, method: str, seed: int) -> Future:
+        """The two maps of a drift report (`projection.project_pair`)."""
+        return self.submit_call(key, projection.project_pair, x_a, x_b, method=method, seed=seed)
+
+    def submit_call(self, key: tuple, fit, *args, **kwargs) -> Future:
+        """``fit(*args, progress=..., **kwargs)`` as the job ``key``, unless that job exists (a failed one
+        is tried again); its progress messages land in ``messages[key]``."""
         with self.lock:
             job = self.jobs.get(key)
             if job is None or (job.done() and job.exception() is not None):
@@ -109,7 +115,7 @@ class ProjectionJobs:
                 def say(message: str) -> None:
                     self.messages[key] = message
 
-                job = self.pool.submit(projection.project_pair, x_a, x_b, method=method, seed=seed, progress=say)
+                job = self.pool.submit(fit, *args, progress=say, **kwargs)
                 self.jobs[key] = job
             return job
 

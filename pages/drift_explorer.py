@@ -14,6 +14,7 @@ from app.neighbours import neighbour_panel, selection_grid
 from app.pipeline import get_images, get_report, load_features, projection_jobs
 from app.report_views import (calibration_view, class_drift_view, export_buttons, metrics_panel,
                               most_drifted_table)
+from app.timeline_view import timeline_view
 
 st.title("Drift Explorer")
 st.caption("The same images through a pre-trained and a fine-tuned encoder: which neighbourhoods survive "
@@ -84,7 +85,8 @@ explore(maps)
 # Only the open tab runs: the class heatmap and the export files are built when asked for, which keeps
 # them off the first page's path.
 VIEWS = {"Most drifted": most_drifted_table, "Class drift": class_drift_view,
-         "Calibration": lambda report: calibration_view(report, x_a, x_b, feature_key), "Export": export_buttons}
+         "Calibration": lambda report: calibration_view(report, x_a, x_b, feature_key),
+         "Over time": lambda report: timeline_view(config.finetuned), "Export": export_buttons}
 for tab, view in zip(st.tabs(list(VIEWS), key=session.TAB_KEY, on_change="rerun"), VIEWS.values()):
     if tab.open:
         with tab:

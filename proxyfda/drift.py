@@ -305,3 +305,58 @@ def _default_encoder(spec: str, image_size: int | None) -> "Encoder":
     from .encoders import create_encoder
 
     return create_encoder(spec, image_size=image_size, device=default_device())
+
+
+# ---------------------------------------------------------------------------------------------
+# drift over time: a run's probe snapshots (proxyfda.runs) against its own step 0
+
+
+@dataclass
+class Timeline:
+    """A run's probe set through its evaluations, each compared with step 0 (the pre-trained encoder)."""
+
+    steps: list[int]
+    overlap: np.ndarray  # [S, N]: each point's overlap@k with its step-0 neighbours, per snapshot
+    scores: pd.DataFrame  # one row per step: overlap@k, CKNNA, linear CKA (and task accuracy when logged)
+    images: ImageSet  # the probe images
+    k: int
+
+    def first_break(self, threshold: float = 0.5) -> np.ndarray:
+        """Per point, the first step at which its overlap@k fell below ``threshold``; -1 if it never did."""
+        below = self.overlap < threshold
+        steps = np.asarray(self.steps)
+        return np.where(below.any(0), steps[below.argmax(0)], -1)
+
+    def broke_first(self, n: int = 20, threshold: float = 0.5) -> pd.DataFrame:
+        """The ``n`` points whose neighbourhoods broke earliest (ties: lower final overlap first), with their
+        overlap at every step."""
+        broke = self.first_break(threshold)
+        ids = np.flatnonzero(broke >= 0)
+        ids = ids[np.lexsort((self.overlap[-1, ids], broke[ids]))][:n]
+        table = pd.DataFrame({"id": ids, "class": [self.images.class_of(int(i)) for i in ids],
+                              "broke at step": broke[ids]})
+        for s, step in enumerate(self.steps):
+            table[f"step {step}"] = self.overlap[s, ids]
+        return table
+
+
+def run_timeline(run_dir: str | Path, k: int = 10) -> Timeline:
+    """The `Timeline` of the run at ``run_dir`` from the snapshots it kept (a clear error if it kept none)."""
+    from .runs import Run
+
+    run = Run.open(run_dir)
+    steps = run.probe_steps()
+    if len(steps) < 2 or steps[0] != 0:
+        raise ProxyFDAError(f"run '{run.path}' has no feature history (snapshots at steps {steps or 'none'}): "
+                            "runs written by proxyfda's training loop keep one; SAFE and WiSE-FT runs do not")
+    images = run.probe_images()
+    pre = run.probe_features(0)
+    accuracy = {r["step"]: r["accuracy"] for r in run.records() if r.get("kind") == "eval"}
+    overlap, rows = [], []
+    for step in steps:
+        report = compute_drift(pre, run.probe_features(step), images.labels, images.class_names, k)
+        overlap.append(report.overlap)
+        rows.append({"step": step, "overlap@k": report.metrics["overlap_at_k_mean"],
+                     "CKNNA": report.metrics.get("cknna"), "linear CKA": report.metrics["linear_cka"],
+                     "task accuracy": accuracy.get(step)})
+    return Timeline(steps, np.stack(overlap), pd.DataFrame(rows), images, k)

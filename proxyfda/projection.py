@@ -10,6 +10,10 @@
 - ``independent``: fit both from UMAP's own spectral start; Procrustes-align B onto A.
 - ``aligned``: ``umap.AlignedUMAP`` over both spaces with the identity relation (slowest).
 
+`project_sequence` extends ``init`` to a run's feature spaces over time: each map starts from the
+previous one and is Procrustes-aligned to it, so a point that keeps its neighbours barely moves between
+frames.
+
 The first UMAP fit in a process compiles numba code (about a minute on two cores);
 `warm_up` pays that cost in advance, e.g. on a background thread while features are computed.
 """
@@ -62,9 +66,9 @@ def procrustes_align(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (s @ rotation) * scale + mu_t
 
 
-def _cache_path(x_a: np.ndarray, x_b: np.ndarray, params: dict) -> Path:
+def _cache_path(arrays: list[np.ndarray], params: dict) -> Path:
     digest = hashlib.blake2b(digest_size=16)
-    for array in (x_a, x_b):
+    for array in arrays:
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
     digest.update(repr(sorted(params.items())).encode())
@@ -80,7 +84,7 @@ def _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed) -
         raise ProxyFDAError(f"UMAP needs more points ({len(x_a)}) than n_neighbors ({n_neighbors})")
     params = {"method": method, "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "seed": seed,
               "version": PROJECTION_VERSION}
-    return _cache_path(x_a, x_b, params)
+    return _cache_path([x_a, x_b], params)
 
 
 def _read_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +121,54 @@ def project_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neigh
         identity = {i: i for i in range(len(x_a))}
         aligned = umap.AlignedUMAP(**common).fit([x_a, x_b], relations=[identity])
         map_a, map_b = aligned.embeddings_
+    elif method == "init":
+        map_a, map_b = _fit_chain([x_a, x_b], common, say, names=("the pre-trained features", "the fine-tuned features"))
     else:
         say("Fitting UMAP on the pre-trained features")
         map_a = _umap(**common).fit_transform(x_a)
         say("Fitting UMAP on the fine-tuned features")
-        init = {"init": map_a} if method == "init" else {}
-        map_b = _umap(**common, **init).fit_transform(x_b)
+        map_b = _umap(**common).fit_transform(x_b)
     map_a = np.asarray(map_a, dtype=np.float32)
     map_b = procrustes_align(np.asarray(map_b, dtype=np.float64), map_a.astype(np.float64)).astype(np.float32)
     if use_cache:
         atomic_write_bytes(path, lambda handle: np.savez(handle, a=map_a, b=map_b))
     return map_a, map_b
+
+
+def _fit_chain(xs: list[np.ndarray], common: dict, say: Callable[[str], None],
+               names: tuple[str, ...] | None = None) -> list[np.ndarray]:
+    """Map each space in turn, each fit starting from the previous map and Procrustes-aligned onto it."""
+    maps: list[np.ndarray] = []
+    for i, x in enumerate(xs):
+        say(f"Fitting UMAP on {names[i]}" if names else f"Fitting UMAP {i + 1}/{len(xs)}")
+        init = {"init": maps[-1]} if maps else {}
+        fitted = np.asarray(_umap(**common, **init).fit_transform(x), dtype=np.float64)
+        maps.append(procrustes_align(fitted, maps[-1]) if maps else fitted)
+    return [m.astype(np.float32) for m in maps]
+
+
+def project_sequence(xs: list[np.ndarray], n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine",
+                     seed: int = 0, progress: Callable[[str], None] | None = None,
+                     use_cache: bool = True) -> np.ndarray:
+    """2D maps [S, N, 2] of S feature arrays over the same N points (e.g. a run's probe snapshots), each
+    started from and aligned to the one before, so the frames can be played in order. Cached like
+    `project_pair`."""
+    if len(xs) < 1 or len({len(x) for x in xs}) != 1:
+        raise ProxyFDAError(f"a sequence of maps needs feature arrays over the same points; got rows {[len(x) for x in xs]}")
+    if len(xs[0]) <= n_neighbors:
+        raise ProxyFDAError(f"UMAP needs more points ({len(xs[0])}) than n_neighbors ({n_neighbors})")
+    params = {"method": "sequence", "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "seed": seed,
+              "version": PROJECTION_VERSION}
+    path = _cache_path(list(xs), params)
+    if use_cache and path.exists():
+        with np.load(path) as cached:
+            return cached["maps"]
+    say = progress or (lambda message: None)
+    if not is_warm():
+        say("Compiling UMAP (numba) — about a minute, once per process")
+        warm_up()
+    common = {"n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "random_state": seed, "n_jobs": 1}
+    maps = np.stack(_fit_chain(list(xs), common, say))
+    if use_cache:
+        atomic_write_bytes(path, lambda handle: np.savez(handle, maps=maps))
+    return maps

@@ -138,3 +138,27 @@ def test_map_figure_keeps_every_point_in_one_trace_with_row_ids():
     assert len(points.x) == 30 and list(points.customdata) == list(range(30))
     assert list(points.selectedpoints) == [2, 9]
     assert [t.name for t in fig.data] == ["points", "neighbours", "focus"]
+
+
+@pytest.mark.slow  # fits UMAP on three snapshots
+def test_over_time_tab_plays_a_runs_snapshots(tiny_run):
+    """A run as the fine-tuned encoder: the Over-time tab plots its scores per evaluation, lists the points
+    that broke first, and (once the background maps are in) shows one animation frame per snapshot."""
+    from app.pipeline import projection_jobs
+
+    at = page(**{"drift.cfg.finetuned": f"run:{tiny_run}", TAB_KEY: "Over time"})
+    assert not at.exception and not at.error
+    assert "drift.time_scores" in [c.key for c in at.get("plotly_chart")]
+    assert "60 images of digits:test" in "\n".join(c.value for c in at.caption)
+    job = next(job for key, job in projection_jobs().jobs.items() if key[0] == "sequence" and str(tiny_run) in key[1])
+    job.result(timeout=600)
+    at.run()
+    (maps,) = [c for c in at.get("plotly_chart") if c.key == "drift.time_maps"]
+    figure = json.loads(maps.proto.spec)
+    assert [frame["name"] for frame in figure["frames"]] == ["0", "2", "4"]
+    assert [step["label"] for step in figure["layout"]["sliders"][0]["steps"]] == ["0", "2", "4"]
+
+
+def test_over_time_tab_explains_what_it_needs(tiny_default):
+    at = page(**{"drift.cfg.finetuned": "efficientnet-lite0", TAB_KEY: "Over time"})
+    assert not at.exception and any("needs a run" in i.value for i in at.info)

@@ -103,6 +103,6 @@ def test_a_page_served_from_the_caches_never_imports_torch():
     """The library's analysis path and the app's page modules stay free of torch (the five-second start)."""
     code = ("import sys; import proxyfda.drift, proxyfda.encoders, proxyfda.data, proxyfda.projection, "
             "proxyfda.runs, proxyfda.knn, app.pipeline, app.report_views, app.linked_maps, app.neighbours, "
-            "app.drift_controls, app.session; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+            "app.drift_controls, app.session, app.timeline_view, app.routes; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from proxyfda import projection
 from proxyfda.errors import ProxyFDAError
-from proxyfda.projection import cached_pair, procrustes_align, project_pair
+from proxyfda.projection import project_sequence, cached_pair, procrustes_align, project_pair
 
 
 def test_procrustes_align_undoes_rotation_scale_and_shift():
@@ -42,6 +42,26 @@ def test_project_pair_unrolls_a_curve_and_aligns_a_barely_changed_space(tmp_path
     again = project_pair(x_a, x_b, metric="euclidean")
     np.testing.assert_array_equal(again[0], map_a)
     np.testing.assert_array_equal(cached_pair(x_a, x_b, metric="euclidean")[1], map_b)
+
+
+def test_a_sequence_of_maps_is_chained_and_aligned_frame_to_frame(tmp_path, monkeypatch):
+    """Three slightly moved copies of one space: every frame lands where the one before it was (chained
+    starts + Procrustes), the first equals `project_pair`'s pre-trained map, and a second call is a cache hit."""
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 3 * np.pi, 200))
+    x0 = np.stack([t * np.cos(t), t * np.sin(t)] + [np.zeros_like(t)] * 6, axis=1) + 0.3 * rng.normal(size=(200, 8))
+    xs = [(x0 + s * 0.05 * rng.normal(size=x0.shape)).astype(np.float32) for s in range(3)]
+    maps = project_sequence(xs, metric="euclidean")
+    assert maps.shape == (3, 200, 2) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps[0], project_pair(xs[0], xs[1], metric="euclidean")[0], atol=1e-5)
+    extent = np.linalg.norm(maps[0].max(0) - maps[0].min(0))
+    for s in (1, 2):
+        assert np.median(np.linalg.norm(maps[s] - maps[s - 1], axis=1)) < 0.15 * extent
+    monkeypatch.setattr(projection, "_umap", lambda **kwargs: (_ for _ in ()).throw(AssertionError("refit")))
+    np.testing.assert_array_equal(project_sequence(xs, metric="euclidean"), maps)
+    with pytest.raises(ProxyFDAError, match="same points"):
+        project_sequence([xs[0], xs[1][:100]])
 
 
 def test_projection_input_errors():

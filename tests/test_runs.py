@@ -191,3 +191,43 @@ def test_cached_drift_is_compute_drift_read_back(tmp_path, monkeypatch):
         assert report.class_table.equals(expected.class_table)
     with pytest.raises(AssertionError, match="recomputed"):  # other k: another report
         drift.cached_drift(x_a, x_b, labels, ["a", "b", "c"], k=4, root=tmp_path)
+
+
+def test_a_runs_timeline_matches_brute_force_neighbours(tiny_run):
+    """Per-point overlap with step 0 at every snapshot, the first break and the broke-first table, each
+    against a brute-force recomputation from the stored snapshots."""
+    from proxyfda.drift import run_timeline
+
+    run = Run.open(tiny_run)
+    timeline = run_timeline(tiny_run, k=5)
+    assert timeline.steps == [0, 2, 4] and timeline.overlap.shape == (3, 60)
+
+    def brute_neighbours(x):
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        return [set(np.argsort(-row, kind="stable")[:5]) for row in sims]
+
+    pre = brute_neighbours(run.probe_features(0).astype(np.float64))
+    for s, step in enumerate(timeline.steps):
+        now = brute_neighbours(run.probe_features(step).astype(np.float64))
+        expected = np.array([len(a & b) / 5 for a, b in zip(pre, now)])
+        assert np.mean(np.abs(timeline.overlap[s] - expected)) < 0.02  # float ties may swap a neighbour
+    broke = timeline.first_break(0.5)
+    for i in range(60):
+        below = [step for s, step in enumerate(timeline.steps) if timeline.overlap[s, i] < 0.5]
+        assert broke[i] == (below[0] if below else -1)
+    table = timeline.broke_first(n=5)
+    assert list(table.columns) == ["id", "class", "broke at step", "step 0", "step 2", "step 4"]
+    assert table["broke at step"].is_monotonic_increasing and (table["step 0"] == 1.0).all()
+    assert list(timeline.scores["step"]) == [0, 2, 4] and timeline.scores["overlap@k"].iloc[0] == 1.0
+    assert timeline.scores["task accuracy"].iloc[-1] == run.summary()["final_eval_accuracy"]
+
+
+def test_a_run_without_history_says_so(tmp_path):
+    from proxyfda.drift import run_timeline
+
+    with RunWriter(tmp_path / "r", TINY_FINETUNE) as writer:
+        writer.finish("completed", 0, None)
+    with pytest.raises(ProxyFDAError, match="has no feature history"):
+        run_timeline(tmp_path / "r")
