@@ -1,6 +1,6 @@
 """The Live fine-tune page's sidebar: a `FinetuneConfig` built from the method table's own choices.
 
-Widgets own keys under ``live.cfg.*``. The method is chosen first and the rest follows it: a preset
+Widgets own keys under ``live.cfg.*``; the address bar carries them (`app.url_state`). The method is chosen first and the rest follows it: a preset
 for the FDA family, the method's strength option at its default, SAFE only for an open_clip ResNet.
 """
 
@@ -12,6 +12,8 @@ from proxyfda.config import FinetuneConfig
 from proxyfda.data import list_datasets
 from proxyfda.losses.fda import FDA_PRESETS
 from proxyfda.methods import METHODS, get_method
+
+from app.url_state import apply_query_params, write_query_params
 
 PREFIX = "live.cfg."
 #: a live run is a demonstration: short by default, evaluated often enough to draw curves
@@ -29,10 +31,16 @@ def methods_for(base_encoder: str) -> list[str]:
     return [name for name, method in METHODS.items() if method.trainer != "safe" or allows_safe]
 
 
+def _check(values: dict) -> None:
+    FinetuneConfig(**values)
+    get_method(values["method"])
+
+
 def live_controls() -> tuple[FinetuneConfig, bool]:
     """Render the sidebar; return (the config it describes, whether Start was pressed)."""
     for name, value in LIVE_DEFAULTS.items():
         st.session_state.setdefault(_key(name), value)
+    apply_query_params(LIVE_DEFAULTS, PREFIX, check=_check)
     sidebar = st.sidebar
     sidebar.text_input("Base encoder", key=_key("base_encoder"),
                        help="efficientnet-lite0 (bundled) · open_clip:<arch>:<tag|path> · run:<dir> to continue a run")
@@ -65,5 +73,6 @@ def live_controls() -> tuple[FinetuneConfig, bool]:
         st.number_input("Seed", min_value=0, step=1, key=_key("seed"))
     values = {name: st.session_state[_key(name)] for name in LIVE_DEFAULTS}
     config = FinetuneConfig(reg_options=reg_options, **values)
+    write_query_params(values, LIVE_DEFAULTS, PREFIX)
     start = sidebar.button("Start fine-tune", type="primary", width="stretch")
     return config, start

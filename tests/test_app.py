@@ -162,3 +162,15 @@ def test_over_time_tab_plays_a_runs_snapshots(tiny_run):
 def test_over_time_tab_explains_what_it_needs(tiny_default):
     at = page(**{"drift.cfg.finetuned": "efficientnet-lite0", TAB_KEY: "Over time"})
     assert not at.exception and any("needs a run" in i.value for i in at.info)
+
+
+def test_the_address_bar_carries_the_config_both_ways(tiny_default):
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    at.query_params.update({"data": "digits:test", "n": "120", "k": "7", "image_size": "32", "seed": "zero"})
+    at.run()
+    assert not at.exception and at.slider(key="drift.cfg.k").value == 7
+    assert [m.label for m in at.metric][:1] == ["overlap@7"]
+    assert "Ignored 'seed=zero' in the address: seed must be a whole number." in [w.value for w in at.warning]
+    at.slider(key="drift.cfg.k").set_value(9)
+    at.button[0].click().run()  # the form's Compute
+    assert at.query_params["k"] == "9" and at.query_params["n"] == "120" and "pretrained" not in at.query_params

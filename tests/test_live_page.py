@@ -109,3 +109,14 @@ def test_safe_is_offered_only_for_open_clip_resnets(runs_dir):
     assert "safe" not in methods_for("efficientnet-lite0") and "safe" in methods_for("open_clip:RN50:openai")
     at = live_page()
     assert "safe" not in at.selectbox(key="live.cfg.method").options
+
+
+def test_a_link_sets_the_form(runs_dir):
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.switch_page("../pages/live_finetune.py")
+    at.query_params.update({"method": "l2sp", "steps": "30", "data": "digits:train", "eval_every": "-1"})
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="live.cfg.method").value == "l2sp" and at.number_input(key="live.cfg.steps").value == 30
+    assert any("Ignored 'eval_every=-1'" in w.value for w in at.warning)
+    assert at.query_params["method"] == "l2sp" and at.query_params["steps"] == "30"
