@@ -51,6 +51,7 @@ class LiveJob:
     started: float | None = None
     finished: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _first_step_at: float | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -71,11 +72,18 @@ class LiveJob:
         self._stop.set()
 
     def eta_seconds(self) -> float | None:
-        """Seconds left at the pace so far (evaluations included), or None before the first step."""
+        """Seconds left at the pace since the first step (evaluations included; loading the model and data
+        before it is not a pace), or None until two steps are done."""
         done = self.steps_done
-        if self.state != "running" or not done or self.started is None:
+        if self.state != "running" or done < 2 or self._first_step_at is None:
             return None
-        return (time.time() - self.started) / done * (self.total_steps - done)
+        return (time.time() - self._first_step_at) / (done - 1) * (self.total_steps - done)
+
+    def record(self, record: dict) -> None:
+        """The worker's callback: keep the record (and when the first step ended, for the ETA)."""
+        if self._first_step_at is None and record.get("kind") == "train":
+            self._first_step_at = time.time()
+        self.records.append(record)
 
     def history(self) -> tuple[list[dict], list[dict]]:
         """(train records, eval records) so far; copies, safe to read while the worker appends."""
@@ -159,7 +167,7 @@ class LiveTrainer:
     @staticmethod
     def _train(job: LiveJob) -> None:
         try:
-            result = finetune(job.config, job.run_dir, callback=job.records.append, stop=job._stop)
+            result = finetune(job.config, job.run_dir, callback=job.record, stop=job._stop)
             job.state = result.status
         except ProxyFDAError as exc:
             job.state, job.error = "failed", str(exc)

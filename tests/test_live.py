@@ -50,7 +50,10 @@ def test_stop_keeps_a_checkpoint_and_a_waiting_job_is_cancelled_unwritten(tmp_pa
     trainer = LiveTrainer(tmp_path)
     running = trainer.submit(TINY_FINETUNE.replace(steps=500, eval_every=1000), owner="a")
     waiting = trainer.submit(TINY_FINETUNE, owner="b")
+    assert running.eta_seconds() is None or running.steps_done >= 2  # no pace before two steps
     wait_until(lambda: running.steps_done >= 2)
+    eta = running.eta_seconds()
+    assert 0 < eta < 498 * 30  # 498 steps left at a step's pace, well under 30 s a step
     trainer.stop(waiting)
     assert waiting.state == "cancelled" and waiting.done and not waiting.run_dir.exists()
     trainer.stop(running)
