@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 PROBE_CURVES = {"probe_overlap": "overlap@10", "probe_cknna": "CKNNA", "probe_cka": "linear CKA"}
 
 
-def training_curves(train: list[dict], evals: list[dict], total_steps: int | None = None) -> go.Figure:
+def training_curves(train: list[dict], evals: list[dict]) -> go.Figure:
     """Three panels against the step: the losses (task, and each regulariser term), task accuracy on the
     eval set, and how much of the pre-trained neighbourhood structure the probe set keeps."""
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
@@ -32,7 +32,7 @@ def training_curves(train: list[dict], evals: list[dict], total_steps: int | Non
                 fig.add_trace(go.Scatter(x=frame["step"], y=frame[column], mode="lines+markers", name=label,
                                          legendgroup="probe", legendgrouptitle_text="probe vs step 0"), row=1, col=3)
     for col in (1, 2, 3):
-        fig.update_xaxes(title_text="step", row=1, col=col, range=[0, total_steps] if total_steps else None)
+        fig.update_xaxes(title_text="step", row=1, col=col, rangemode="tozero")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(range=[0, 1.02], row=1, col=3)
     fig.update_layout(height=330, margin=dict(l=10, r=10, t=40, b=10), legend=dict(groupclick="toggleitem"))

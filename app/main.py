@@ -21,8 +21,8 @@ st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.
 # One entry per page; each is a script in pages/. The Proxy debugger and Teaching join as they are built.
 PAGES = {
     "Explore": [
-        st.Page(DRIFT_EXPLORER, title="Drift Explorer", icon="🗺️", default=True),
-        st.Page(LIVE_FINETUNE, title="Live fine-tune", icon="🏃"),
+        st.Page(DRIFT_EXPLORER, title="Drift Explorer", icon=":material/scatter_plot:", default=True),
+        st.Page(LIVE_FINETUNE, title="Live fine-tune", icon=":material/model_training:"),
     ],
 }
 

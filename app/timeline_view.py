@@ -74,7 +74,7 @@ def frames_figure(timeline: Timeline, maps: np.ndarray) -> go.Figure:
                           buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
                                    dict(label="❚❚ Pause", method="animate",
                                         args=[[None], dict(mode="immediate", frame=dict(duration=0))])])],
-        sliders=[dict(active=0, x=0.15, len=0.85, y=0, currentvalue=dict(prefix="step "),
+        sliders=[dict(active=0, x=0.22, len=0.78, y=0, currentvalue=dict(prefix="step ", xanchor="right"),
                       steps=[dict(label=name, method="animate",
                                   args=[[name], dict(mode="immediate", frame=dict(duration=0, redraw=False),
                                                      transition=dict(duration=300))])

@@ -37,7 +37,7 @@ trainer = LiveTrainer({out!r})
 job = trainer.submit(config, owner="bench")
 while not trainer.wait(job, timeout=1.0):
     train, evals = job.history()
-    training_curves(train, evals, job.total_steps).to_json()
+    training_curves(train, evals).to_json()
 print(job.run_dir)
 """
 

@@ -53,7 +53,7 @@ def show_job(job: LiveJob) -> None:
         live.stop(job)
     train, evals = job.history()
     if train or evals:
-        st.plotly_chart(training_curves(train, evals, job.total_steps), key="live.curves")
+        st.plotly_chart(training_curves(train, evals), key="live.curves")
     if job.state == "failed":
         st.error(f"The run failed: {job.error}")
     elif job.state == "cancelled":

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LINK = "live_finetune?method=naive&data=digits:train&eval_data=digits:test&image_size=32&steps=400&eval_every=4"
 #: points on the accuracy curve (the live figure's eval trace)
 EVAL_POINTS = ("(() => { const g = document.querySelector('.stPlotlyChart .js-plotly-plot');"
-               " if (!g || !g.data) return 0; const t = g.data.find(d => d.name === 'accuracy');"
-               " return t ? t.x.length : 0; })()")
+               " if (!g || !g._fullData) return 0; const t = g._fullData.find(d => d.name === 'accuracy');"
+               " return t ? t._length : 0; })()")
 
 
 def test_start_watch_stop_and_play_a_run(tmp_path):
@@ -43,6 +43,7 @@ def test_start_watch_stop_and_play_a_run(tmp_path):
         n_frames = page.evaluate(f"{frames}.layout.sliders[0].steps.length")
         assert n_frames >= 3
         # drag the step slider's grip to the end of its rail: the map moves to the last snapshot
+        page.locator(".slider-rail-rect").first.scroll_into_view_if_needed()
         rail = page.locator(".slider-rail-rect").first.bounding_box()
         grip = page.locator(".slider-grip-rect").first.bounding_box()
         page.mouse.move(grip["x"] + grip["width"] / 2, grip["y"] + grip["height"] / 2)
