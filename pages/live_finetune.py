@@ -100,4 +100,4 @@ if runs:
     st.caption(f"Every run under {live.root}. overlap@10 and CKNNA compare the probe set's features at the run's "
                "last evaluation with the pre-trained ones (1 = every neighbourhood kept).")
 else:
-    st.caption(f"No runs under {live.root} yet.")
+    st.caption(f"No runs under {live.root} yet; this table refreshes when a run finishes.")
