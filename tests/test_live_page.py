@@ -3,6 +3,7 @@ and open a finished run in the Drift Explorer."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -44,6 +45,12 @@ def poll_until(at: AppTest, condition, timeout: float = 300.0) -> AppTest:
     return at
 
 
+def steps_shown(at: AppTest) -> int:
+    """The step the progress bar reports ("… step 7/400 …"), 0 before it shows one."""
+    found = re.search(r"step (\d+)/", at.get("progress")[0].proto.text) if at.get("progress") else None
+    return int(found.group(1)) if found else 0
+
+
 def finished(at: AppTest) -> bool:
     return bool(at.success or at.warning or at.error)
 
@@ -71,7 +78,7 @@ def test_start_watch_and_open_a_run_in_the_drift_explorer(runs_dir):
 def test_stop_ends_a_run_that_keeps_a_checkpoint(runs_dir):
     at = live_page(**{"live.cfg.steps": 400, "live.cfg.eval_every": 1000, "live.cfg.method": "naive"})
     button(at, "Start fine-tune").click().run()
-    poll_until(at, lambda at: at.get("progress") and "step 2/400" in at.get("progress")[0].proto.text)
+    poll_until(at, lambda at: steps_shown(at) >= 2)
     button(at, "Stop").click().run()
     poll_until(at, finished)
     assert at.success[0].value.startswith("Run stopped after")
