@@ -29,6 +29,8 @@ def test_start_watch_stop_and_play_a_run(tmp_path):
 
         page.get_by_role("button", name="Stop").click()
         page.get_by_text("Run stopped after", exact=False).wait_for(timeout=120_000)
+        page.wait_for_function("(() => { const t = document.querySelector('[data-testid=\"stDataFrame\"]');"
+                               " return t && t.getBoundingClientRect().height > 60; })()", timeout=30_000)
         page.screenshot(path=str(SCREENSHOTS / "live_finetune_stopped.png"), full_page=True)
         (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
 
