@@ -1,4 +1,5 @@
-"""Session-state keys the Drift Explorer's components share, and the only code that writes them.
+"""Session-state keys the Drift Explorer's components share, and the only code that writes them (the
+focused point also travels in the address bar as ``?point=ID``).
 
 Chart selections cannot be fired from AppTest, so everything a selection changes goes through
 these setters, which tests call directly.
@@ -19,8 +20,22 @@ def set_selection(ids: Sequence[int]) -> None:
     st.session_state[SELECTION_KEY] = [int(i) for i in ids]
 
 
+POINT_PARAM = "point"  # the focused row in the address bar, so a link opens on the same point
+
+
 def set_focus(row: int) -> None:
     st.session_state[FOCUS_KEY] = int(row)
+    st.query_params[POINT_PARAM] = str(int(row))
+
+
+def focus_from_url() -> None:
+    """Take the focused row from the address bar when the link names one (once per new value)."""
+    raw = st.query_params.get(POINT_PARAM)
+    if raw is None or raw == st.session_state.get("drift.point_applied"):
+        return
+    st.session_state["drift.point_applied"] = raw
+    if raw.isdigit():
+        st.session_state[FOCUS_KEY] = int(raw)
 
 
 def clear_selection() -> None:

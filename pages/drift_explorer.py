@@ -51,6 +51,7 @@ def maps_pending(job, key) -> None:
 @st.fragment
 def explore(maps) -> None:
     """Maps, neighbour lists and selection grid rerun together on a click, without the rest of the page."""
+    session.focus_from_url()
     focus = session.focus(n)
     if maps is not None:
         render_linked_maps(maps[0], maps[1], report, color_by, focus)

@@ -174,3 +174,14 @@ def test_the_address_bar_carries_the_config_both_ways(tiny_default):
     at.slider(key="drift.cfg.k").set_value(9)
     at.button[0].click().run()  # the form's Compute
     assert at.query_params["k"] == "9" and at.query_params["n"] == "120" and "pretrained" not in at.query_params
+
+
+def test_a_link_opens_on_its_point_and_the_point_travels_in_the_address(tiny_default):
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in SMALL.items():
+        at.session_state[key] = value
+    at.query_params["point"] = "17"
+    at.run()
+    assert not at.exception and "**Point 17**" in markdown_text(at)
+    at.number_input(key="drift.focus_input.17").set_value(23).run()
+    assert at.query_params["point"] == "23" and "**Point 23**" in markdown_text(at)
