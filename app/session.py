@@ -21,19 +21,20 @@ def set_selection(ids: Sequence[int]) -> None:
 
 
 POINT_PARAM = "point"  # the focused row in the address bar, so a link opens on the same point
+POINT_APPLIED_KEY = "drift.point_applied"  # the address's point last taken (or written): a new one wins
 
 
 def set_focus(row: int) -> None:
     st.session_state[FOCUS_KEY] = int(row)
-    st.query_params[POINT_PARAM] = str(int(row))
+    st.query_params[POINT_PARAM] = st.session_state[POINT_APPLIED_KEY] = str(int(row))
 
 
 def focus_from_url() -> None:
     """Take the focused row from the address bar when the link names one (once per new value)."""
     raw = st.query_params.get(POINT_PARAM)
-    if raw is None or raw == st.session_state.get("drift.point_applied"):
+    if raw is None or raw == st.session_state.get(POINT_APPLIED_KEY):
         return
-    st.session_state["drift.point_applied"] = raw
+    st.session_state[POINT_APPLIED_KEY] = raw
     if raw.isdigit():
         st.session_state[FOCUS_KEY] = int(raw)
 
