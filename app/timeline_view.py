@@ -102,9 +102,8 @@ def timeline_view(spec: str) -> None:
 
     left, right = st.columns([3, 2])
     with left:
-        features = [run.probe_features(step) for step in timeline.steps]
         key = ("sequence", str(run.path), tuple(timeline.steps))
-        job = projection_jobs().submit_call(key, project_sequence, features)
+        job = projection_jobs().submit_call(key, project_sequence, timeline.features)
         if job.done() and job.exception() is None:
             st.plotly_chart(frames_figure(timeline, job.result()), key="drift.time_maps")
         elif job.done():

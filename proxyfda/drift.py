@@ -320,6 +320,7 @@ class Timeline:
     scores: pd.DataFrame  # one row per step: overlap@k, CKNNA, linear CKA (and task accuracy when logged)
     images: ImageSet  # the probe images
     k: int
+    features: list[np.ndarray]  # the snapshots themselves, one [N, d] per step (for maps over time)
 
     def first_break(self, threshold: float = 0.5) -> np.ndarray:
         """Per point, the first step at which its overlap@k fell below ``threshold``; -1 if it never did."""
@@ -350,13 +351,13 @@ def run_timeline(run_dir: str | Path, k: int = 10) -> Timeline:
         raise ProxyFDAError(f"run '{run.path}' has no feature history (snapshots at steps {steps or 'none'}): "
                             "runs written by proxyfda's training loop keep one; SAFE and WiSE-FT runs do not")
     images = run.probe_images()
-    pre = run.probe_features(0)
     accuracy = {r["step"]: r["accuracy"] for r in run.records() if r.get("kind") == "eval"}
+    features = [run.probe_features(step) for step in steps]
     overlap, rows = [], []
-    for step in steps:
-        report = compute_drift(pre, run.probe_features(step), images.labels, images.class_names, k)
+    for step, snapshot in zip(steps, features):
+        report = compute_drift(features[0], snapshot, images.labels, images.class_names, k)
         overlap.append(report.overlap)
         rows.append({"step": step, "overlap@k": report.metrics["overlap_at_k_mean"],
                      "CKNNA": report.metrics.get("cknna"), "linear CKA": report.metrics["linear_cka"],
                      "task accuracy": accuracy.get(step)})
-    return Timeline(steps, np.stack(overlap), pd.DataFrame(rows), images, k)
+    return Timeline(steps, np.stack(overlap), pd.DataFrame(rows), images, k, features)
