@@ -14,15 +14,16 @@ if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from 
 
 import streamlit as st  # noqa: E402
 
-from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE  # noqa: E402
+from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE, PROXY_DEBUGGER  # noqa: E402
 
 st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 
-# One entry per page; each is a script in pages/. The Proxy debugger and Teaching join as they are built.
+# One entry per page; each is a script in pages/.
 PAGES = {
     "Explore": [
         st.Page(DRIFT_EXPLORER, title="Drift Explorer", icon=":material/scatter_plot:", default=True),
         st.Page(LIVE_FINETUNE, title="Live fine-tune", icon=":material/model_training:"),
+        st.Page(PROXY_DEBUGGER, title="Proxy debugger", icon=":material/bug_report:"),
     ],
 }
 

@@ -5,3 +5,4 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DRIFT_EXPLORER = ROOT / "pages" / "drift_explorer.py"
 LIVE_FINETUNE = ROOT / "pages" / "live_finetune.py"
+PROXY_DEBUGGER = ROOT / "pages" / "proxy_debugger.py"

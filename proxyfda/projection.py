@@ -172,3 +172,21 @@ def project_sequence(xs: list[np.ndarray], n_neighbors: int = 15, min_dist: floa
     if use_cache:
         atomic_write_bytes(path, lambda handle: np.savez(handle, maps=maps))
     return maps
+
+
+def linear_map(x: np.ndarray, fit_on: np.ndarray | None = None) -> np.ndarray:
+    """2-D coordinates of the rows of ``x`` on the two principal axes of ``fit_on`` (default ``x``).
+
+    Linear, so a convex combination of points lands inside their convex hull on the map: where UMAP
+    would move a pooled point anywhere, this keeps "between its members" visible.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    basis = x if fit_on is None else np.asarray(fit_on, dtype=np.float64)
+    if basis.ndim != 2 or len(basis) < 2 or x.ndim != 2 or x.shape[1] != basis.shape[1]:
+        raise ProxyFDAError(f"a linear map needs [N, D] rows with N >= 2 and one D, got {x.shape} and {basis.shape}")
+    mean = basis.mean(0)
+    _, _, vt = np.linalg.svd(basis - mean, full_matrices=False)
+    axes = vt[:2]
+    if len(axes) < 2:
+        axes = np.vstack([axes, np.zeros((2 - len(axes), x.shape[1]))])
+    return ((x - mean) @ axes.T).astype(np.float32)

@@ -99,9 +99,13 @@ def probe_scores(pre: np.ndarray, now: np.ndarray, images: ImageSet, k: int = PR
             "probe_cka": metrics["linear_cka"]}
 
 
-def checkpoint_state(encoder: Encoder, head: nn.Module, step: int) -> dict:
-    """What ``checkpoint.pt`` holds: the encoder's and the head's weights, and the step they belong to."""
-    return {"encoder": encoder.state_dict(), "head": head.state_dict(), "step": step}
+def checkpoint_state(encoder: Encoder, head: nn.Module, step: int, regularizer: nn.Module | None = None) -> dict:
+    """What ``checkpoint.pt`` holds: the encoder's and the head's weights, the step they belong to and,
+    for a regulariser with a state of its own (Proxy-FDA's generator, FDA's τ and b), ``"regularizer"``."""
+    state = {"encoder": encoder.state_dict(), "head": head.state_dict(), "step": step}
+    if regularizer is not None and regularizer.state_dict():
+        state["regularizer"] = regularizer.state_dict()
+    return state
 
 
 def check_config(config: FinetuneConfig) -> FinetuneConfig:
@@ -219,7 +223,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     regularizer = build_method_regularizer(config, encoder)
     if regularizer is not None:
         regularizer = regularizer.to(device)
-        regularizer.record_stats = False  # the training loop reads the loss terms, not the records
+        regularizer.record_stats = False  # the loop reads the loss terms; records only at evaluations
     optimizer, generator_opt = make_optimizers(config, encoder, head, regularizer)
     sampler = make_sampler(config, train_set, pre_features)
     # LDIFS's original form compares internal activations with those of a frozen pre-trained copy
@@ -239,8 +243,9 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             probe = result.features[probe_rows]
             pre_probe = probe if pre_probe is None else pre_probe
             run.save_probe(step, probe)
+            diagnostics = regularizer.diagnostics() if regularizer is not None and step > 0 else {}
             run.log({"kind": "eval", "step": step, "accuracy": result.accuracy,
-                     **probe_scores(pre_probe, probe, probe_set)})
+                     **probe_scores(pre_probe, probe, probe_set), **diagnostics})
             return result.accuracy
 
         pre_probe = None
@@ -261,7 +266,9 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
                 feats = encoder(pixels)
             task = F.cross_entropy(head(feats), labels)
             terms: dict = {}
+            evaluating = step % config.eval_every == 0 or step == config.steps
             if regularizer is not None:
+                regularizer.record_stats = evaluating  # e.g. the proxies' health, logged with the evaluation
                 if regularizer.input_kind == "model":
                     inputs = (encoder,)
                 elif regularizer.input_kind == "taps":
@@ -283,11 +290,11 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
                 generator_opt.step()
             run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), **_scalar_terms(terms),
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
-            if step % config.eval_every == 0 or step == config.steps:
+            if evaluating:
                 accuracy = evaluation(step)
-                run.save_checkpoint(checkpoint_state(encoder, head, step))
+                run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
         if status == "stopped" and step > 0:
-            run.save_checkpoint(checkpoint_state(encoder, head, step))
+            run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
         return run.finish(status, step, accuracy)
 
 

@@ -30,7 +30,9 @@ class RecordingLoss(nn.Module):
     ``self.record(name, value)`` for extra statistics. ``input_kind`` tells a training loop what to
     pass: ``"features"`` -> ``forward(feats, feats_pre)``, ``"model"`` -> ``forward(encoder)``,
     ``"taps"`` -> ``forward(taps, taps_pre)`` (internal activations, `Encoder.capture_taps`).
-    Set ``record_stats = False`` to skip recording (no device-to-host copies).
+    Set ``record_stats = False`` to skip recording (no device-to-host copies); set
+    ``record_detail = True`` to also keep per-anchor and per-pair tensors where a loss has them
+    ([B, B]-sized and larger: for a debugger looking at one batch, not for training).
     """
 
     input_kind: ClassVar[str] = "features"
@@ -39,6 +41,7 @@ class RecordingLoss(nn.Module):
         super().__init__()
         self.records: dict[str, Any] = {}
         self.record_stats = True
+        self.record_detail = False
 
     def forward(self, *args: Any, return_terms: bool = False, **kwargs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
         self.records = {}
@@ -49,6 +52,17 @@ class RecordingLoss(nn.Module):
 
     def compute(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def record_details(self, **values: Any) -> None:
+        """`record` each value, only when ``record_detail`` is on (and recording at all)."""
+        if self.record_detail:
+            for name, value in values.items():
+                self.record(name, value)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars summarising the last call's records that a training run logs at its evaluations
+        (none by default); needs ``record_stats``."""
+        return {}
 
     def record(self, name: str, value: Any) -> None:
         """Keep ``value`` for inspection: 0-d tensors become floats, other tensors detached CPU copies."""

@@ -108,10 +108,18 @@ def weighted_sigmoid_loss(sims: torch.Tensor, weights: torch.Tensor, positive: t
 
 
 def record_pair_stats(loss: RecordingLoss, sims: torch.Tensor, weights: torch.Tensor, positive: torch.Tensor,
-                      valid: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor) -> None:
-    """What the FDA pairs looked like: counts, mean fine-tuned cosines per side, weights, τ and b."""
+                      valid: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor, terms: SigmoidTerms) -> None:
+    """What the FDA pairs looked like: counts, mean fine-tuned cosines per side, weights, τ and b.
+
+    With ``record_detail``, also every pair [B, N] (N = B real others, then any proxies):
+    ``pair_sim_ft``, ``pair_weight``, ``pair_positive``, ``pair_valid``; and per anchor [B]: its
+    ``anchor_threshold`` (the cosine b_i·τ) and ``anchor_loss`` = ``anchor_loss_pos`` + ``anchor_loss_neg``.
+    """
     if not loss.record_stats:
         return
+    loss.record_details(pair_sim_ft=sims, pair_weight=weights, pair_positive=positive, pair_valid=valid,
+                        anchor_threshold=(bias * tau).reshape(-1).expand(sims.shape[0]), anchor_loss=terms.loss,
+                        anchor_loss_pos=terms.pos, anchor_loss_neg=terms.neg)
     with torch.no_grad():
         pos, neg = positive & valid, ~positive & valid
         loss.record("pairs_per_anchor", (int(pos[0].sum()), int(neg[0].sum())))
@@ -181,7 +189,7 @@ class FDALoss(RecordingLoss):
         weights = pair_weights(sims_pre, graph.positive, self.negative_weight)
         tau, bias = self.tau, self.anchor_bias(graph)
         terms = weighted_sigmoid_loss(sims, weights, graph.positive, valid, tau, bias, self.reduction)
-        record_pair_stats(self, sims, weights, graph.positive, valid, tau, bias)
+        record_pair_stats(self, sims, weights, graph.positive, valid, tau, bias, terms)
         fda = terms.loss.mean()
         return {"loss": self.weight * fda, "fda": fda, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean()}
 

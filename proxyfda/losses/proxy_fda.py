@@ -110,28 +110,50 @@ class ProxyFDALoss(RecordingLoss):
         all_valid = torch.cat([valid, torch.ones_like(slot_pos)], 1)
         tau, bias = fda.tau, fda.anchor_bias(graph)
         terms = weighted_sigmoid_loss(all_sims, all_weights, all_pos, all_valid, tau, bias, fda.reduction)
-        record_pair_stats(self, all_sims, all_weights, all_pos, all_valid, tau, bias)
+        record_pair_stats(self, all_sims, all_weights, all_pos, all_valid, tau, bias, terms)
 
         gen_terms = gen.objective(weights, pooled.sim_est, twin, x_det, gram, graph.positive, valid)
-        self._record_proxies(pooled, order, twin, gen_terms)
+        self._record_proxies(pooled, order, weights, twin, gen_terms, x_det)
         loss = terms.loss.mean()
         return {"loss": fda.weight * loss, "fda": loss, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean(),
                 "generator": gen_terms.loss, "manifold": gen_terms.manifold, "variance": gen_terms.variance,
                 "estimate": gen_terms.estimate}
 
-    def _record_proxies(self, pooled: PoolResult, order: torch.Tensor, twin: torch.Tensor,
-                        gen_terms: GeneratorTerms) -> None:
+    def _record_proxies(self, pooled: PoolResult, order: torch.Tensor, weights: torch.Tensor, twin: torch.Tensor,
+                        gen_terms: GeneratorTerms, feats: torch.Tensor) -> None:
         """Per proxy [B, 2P] (positive slots first): norm, chordal distance of the unit proxy to its
-        nearest real feature, estimated and actual (pooled twin) pre-trained similarity."""
+        nearest real feature, estimated and actual (pooled twin) pre-trained similarity; per anchor and
+        side [B, 2]: the mean chordal distance between its proxies (their diversity).
+
+        With ``record_detail``: ``proxy_pooling`` [B, 2P, B], every anchor's pooling weights over the
+        batch rows, and ``proxies`` [B, 2P, D], the unit proxies themselves (fine-tuned space)."""
         if not self.record_stats:
             return
         p = self.generator.n_proxies
         with torch.no_grad():
             nearest = gen_terms.member_cos.detach().max(-1).values
+            norms = gen_terms.norms.detach()
+            proxy_cos = (gen_terms.member_cos.detach() @ weights.detach().transpose(1, 2)) / norms[:, None, :]
+            b = proxy_cos.shape[0]
+            sides = proxy_cos.view(b, 2, p, 2, p).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # [B, 2, P, P]
+            chordal = (2.0 - 2.0 * sides).clamp_min(0.0).sqrt()
+            diversity = chordal.sum((-1, -2)) / max(p * (p - 1), 1)
             self.record("proxy_count", (p, p))
-            self.record("proxy_norms", gen_terms.norms)
+            self.record("proxy_norms", norms)
             self.record("proxy_nn_dist", (2.0 - 2.0 * nearest).clamp_min(0.0).sqrt())
+            self.record("proxy_diversity", diversity)
             self.record("pooling_weights", pooled.weights[:_RECORD_ANCHORS])
             self.record("pooling_members", order[:_RECORD_ANCHORS])
             self.record("proxy_sim_estimated", pooled.sim_est)
             self.record("proxy_sim_actual", twin)
+            if self.record_detail:
+                self.record_details(proxy_pooling=weights, proxies=(weights.detach() @ feats) / norms[..., None])
+
+    def diagnostics(self) -> dict[str, float]:
+        """Proxy health at the last call: mean distance of a proxy to its nearest real feature, mean
+        distance between an anchor's same-side proxies, mean |estimated − actual| similarity."""
+        r = self.records
+        if "proxy_nn_dist" not in r:
+            return {}
+        return {"proxy_nn_dist": float(r["proxy_nn_dist"].mean()), "proxy_diversity": float(r["proxy_diversity"].mean()),
+                "proxy_sim_error": float((r["proxy_sim_estimated"] - r["proxy_sim_actual"]).abs().mean())}
