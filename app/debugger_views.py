@@ -13,7 +13,7 @@ import streamlit as st
 from proxyfda.proxy_debug import Inspection
 
 THUMB = 56
-PROXY_COLOURS = {"real": "#9aa5b1", "proxy +": "#2e7d32", "proxy −": "#c62828"}
+PROXY_COLOURS = {"proxy +": "#2e7d32", "proxy −": "#c62828"}
 
 
 def _thumb_row(found: Inspection, ids: list[int], captions: list[str], width: int = THUMB) -> None:
@@ -75,8 +75,13 @@ def proxy_map(found: Inspection, anchor: int) -> go.Figure:
     """Real features and all proxies on one linear map of the fine-tuned space; the anchor's own
     proxies, positives and the anchor itself drawn on top."""
     points = found.map_points()
-    fig = px.scatter(points, x="x", y="y", color="kind", color_discrete_map=PROXY_COLOURS, opacity=0.35,
+    proxies = points[points.kind != "real"]
+    fig = px.scatter(proxies, x="x", y="y", color="kind", color_discrete_map=PROXY_COLOURS, opacity=0.3,
                      hover_data={"anchor": True, "slot": True, "class": True, "x": False, "y": False})
+    real = points[points.kind == "real"]
+    fig.add_scatter(x=real.x, y=real.y, mode="markers", name="real images", customdata=real[["anchor", "class"]],
+                    hovertemplate="image %{customdata[0]} · class %{customdata[1]}<extra></extra>",
+                    marker=dict(size=8, color="#37474f", line=dict(color="white", width=1)))
     mine = points[(points.anchor == anchor) & (points.kind != "real")]
     positives = found.pairs(anchor)
     positives = points.iloc[positives.image[positives.positive].to_numpy()]
@@ -122,8 +127,8 @@ def similarity_scatter(found: Inspection, anchor: int) -> go.Figure:
     low, high = float(min(frame.actual.min(), frame.estimated.min())), float(max(frame.actual.max(), frame.estimated.max()))
     fig.add_scatter(x=[low, high], y=[low, high], mode="lines", name="estimated = actual",
                     line=dict(color="grey", dash="dot"))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), title="Proxy similarity to its anchor: "
-                      "estimated by the generator vs pooled pre-trained")
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10),
+                      title="Proxy-to-anchor similarity: estimated vs actual")
     return fig
 
 

@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from 
 
 import streamlit as st  # noqa: E402
 
-from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE, PROXY_DEBUGGER  # noqa: E402
+from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE, PROXY_DEBUGGER, TEACHING  # noqa: E402
 
 st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
 
@@ -24,6 +24,9 @@ PAGES = {
         st.Page(DRIFT_EXPLORER, title="Drift Explorer", icon=":material/scatter_plot:", default=True),
         st.Page(LIVE_FINETUNE, title="Live fine-tune", icon=":material/model_training:"),
         st.Page(PROXY_DEBUGGER, title="Proxy debugger", icon=":material/bug_report:"),
+    ],
+    "Learn": [
+        st.Page(TEACHING, title="Teaching", icon=":material/school:"),
     ],
 }
 

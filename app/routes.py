@@ -6,3 +6,4 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIFT_EXPLORER = ROOT / "pages" / "drift_explorer.py"
 LIVE_FINETUNE = ROOT / "pages" / "live_finetune.py"
 PROXY_DEBUGGER = ROOT / "pages" / "proxy_debugger.py"
+TEACHING = ROOT / "pages" / "teaching.py"

@@ -193,8 +193,8 @@ def inspect_batch(batch: DebugBatch, options: dict | None = None, generator_step
         terms = loss(feats, feats_pre, return_terms=True)
     records = {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in loss.records.items()}
     graph = knn_graph(batch.pre, loss.fda.k)
-    return Inspection(batch, options, records, graph, source, {name: float(v) for name, v in terms.items()},
-                      loss.diagnostics())
+    scalars = {name: float(value) for name, value in terms.items() if value.ndim == 0}
+    return Inspection(batch, options, records, graph, source, scalars, loss.diagnostics())
 
 
 def option_effects(batch: DebugBatch, option: str, values: tuple | list | None = None, options: dict | None = None,

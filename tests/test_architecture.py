@@ -19,7 +19,7 @@ BASE = {"config", "errors", "paths", "registry", "device", "validation"}
 ANALYSIS = {"data", "backbones", "runs", "encoders", "safe_encoder", "features", "knn", "metrics", "drift",
             "projection", "zeroshot"}
 TRAINING = {"losses", "losses.base", "losses.baselines", "losses.fda", "losses.proxy_generator", "losses.proxy_fda",
-            "sampling", "methods", "training", "safe", "interpolation", "forgetting", "live", "proxy_debug"}
+            "sampling", "methods", "training", "safe", "interpolation", "forgetting", "live", "proxy_debug", "teaching"}
 EDGES = {"default", "cli", "__main__", ""}  # "" is the package face, proxyfda/__init__.py
 #: which layers each layer may import
 ALLOWED = {"base": {"base"}, "analysis": {"base", "analysis"}, "training": {"base", "analysis", "training"},

@@ -26,7 +26,8 @@ class RecordingLoss(nn.Module):
     """Base class: ``forward(...)`` returns the scalar ``"loss"``, or all named terms with
     ``return_terms=True`` (``{"loss": total, "<term>": ...}``), and fills ``self.records``.
 
-    Subclasses implement ``compute(...) -> dict[str, Tensor]`` (with a ``"loss"`` entry) and may call
+    Subclasses implement ``compute(...) -> dict[str, Tensor]`` (with a scalar ``"loss"`` entry; other
+    terms are scalars too, or per-sample vectors such as FDA's ``"anchor_loss"``) and may call
     ``self.record(name, value)`` for extra statistics. ``input_kind`` tells a training loop what to
     pass: ``"features"`` -> ``forward(feats, feats_pre)``, ``"model"`` -> ``forward(encoder)``,
     ``"taps"`` -> ``forward(taps, taps_pre)`` (internal activations, `Encoder.capture_taps`).

@@ -113,12 +113,13 @@ def record_pair_stats(loss: RecordingLoss, sims: torch.Tensor, weights: torch.Te
 
     With ``record_detail``, also every pair [B, N] (N = B real others, then any proxies):
     ``pair_sim_ft``, ``pair_weight``, ``pair_positive``, ``pair_valid``; and per anchor [B]: its
-    ``anchor_threshold`` (the cosine b_i·τ) and ``anchor_loss`` = ``anchor_loss_pos`` + ``anchor_loss_neg``.
+    ``anchor_threshold`` (the cosine b_i·τ) and the two parts of its loss, ``anchor_loss_pos`` and
+    ``anchor_loss_neg`` (their sum is the ``anchor_loss`` term).
     """
     if not loss.record_stats:
         return
     loss.record_details(pair_sim_ft=sims, pair_weight=weights, pair_positive=positive, pair_valid=valid,
-                        anchor_threshold=(bias * tau).reshape(-1).expand(sims.shape[0]), anchor_loss=terms.loss,
+                        anchor_threshold=(bias * tau).reshape(-1).expand(sims.shape[0]),
                         anchor_loss_pos=terms.pos, anchor_loss_neg=terms.neg)
     with torch.no_grad():
         pos, neg = positive & valid, ~positive & valid
@@ -137,6 +138,8 @@ class FDALoss(RecordingLoss):
     """Feature distribution alignment (Proxy-FDA without proxies), one batch at a time.
 
     forward(feats [B, D] fine-tuned, gradient flows; feats_pre [B, D] frozen pre-trained, detached).
+    Terms: "loss" (λ·fda), "fda", its pull and push parts "loss_pos" and "loss_neg", and "anchor_loss"
+    [B], each anchor's own loss (fda is its mean), e.g. to differentiate one anchor's pairs alone.
 
     Options:
       k: neighbours per anchor in the pre-trained space (must be < B, and > images per class).
@@ -191,7 +194,8 @@ class FDALoss(RecordingLoss):
         terms = weighted_sigmoid_loss(sims, weights, graph.positive, valid, tau, bias, self.reduction)
         record_pair_stats(self, sims, weights, graph.positive, valid, tau, bias, terms)
         fda = terms.loss.mean()
-        return {"loss": self.weight * fda, "fda": fda, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean()}
+        return {"loss": self.weight * fda, "fda": fda, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean(),
+                "anchor_loss": terms.loss}
 
     def extra_repr(self) -> str:
         return (f"preset={self.preset!r}, k={self.k}, tau={self.tau.item():.4g}, bias={self.bias.item():.4g}, "

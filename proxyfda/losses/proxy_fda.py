@@ -117,7 +117,7 @@ class ProxyFDALoss(RecordingLoss):
         loss = terms.loss.mean()
         return {"loss": fda.weight * loss, "fda": loss, "loss_pos": terms.pos.mean(), "loss_neg": terms.neg.mean(),
                 "generator": gen_terms.loss, "manifold": gen_terms.manifold, "variance": gen_terms.variance,
-                "estimate": gen_terms.estimate}
+                "estimate": gen_terms.estimate, "anchor_loss": terms.loss}
 
     def _record_proxies(self, pooled: PoolResult, order: torch.Tensor, weights: torch.Tensor, twin: torch.Tensor,
                         gen_terms: GeneratorTerms, feats: torch.Tensor) -> None:
