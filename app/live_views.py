@@ -44,3 +44,42 @@ def format_eta(seconds: float | None) -> str:
         return "estimating…"
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def tradeoff_figure(sweep_rows: list[dict], measured: list[dict]) -> go.Figure:
+    """Task accuracy (A_LP) against mean ΔLP: each method's frontier over its strengths from the trade-off
+    sweep (means over seeds, single runs faint), and this machine's measured runs as labelled stars."""
+    from proxyfda.forgetting import frontier
+
+    fig = go.Figure()
+    for label in dict.fromkeys(r["label"] for r in sweep_rows):
+        mine = [r for r in sweep_rows if r["label"] == label]
+        acc, delta = frontier(sweep_rows, label)
+        line = fig.add_scatter(x=acc, y=delta, mode="lines+markers", name=label, legendgroup=label)
+        colour = line.data[-1].line.color
+        fig.add_scatter(x=[100 * r["A_LP"] for r in mine], y=[100 * r["delta_LP"]["mean"] for r in mine],
+                        mode="markers", marker=dict(size=5, opacity=0.3, color=colour), legendgroup=label,
+                        showlegend=False, hovertext=[f"{label} · strength {r['strength']} · seed {r['seed']}"
+                                                     for r in mine])
+    if measured:
+        fig.add_scatter(x=[100 * r["A_LP"] for r in measured], y=[100 * r["delta_LP"] for r in measured],
+                        mode="markers+text", text=[r["run"] for r in measured], textposition="top center",
+                        name="your runs", marker=dict(size=14, symbol="star", color="#f9a825",
+                                                      line=dict(color="black", width=1)))
+    fig.add_hline(y=0, line_color="grey", line_width=1)
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis_title="task accuracy A_LP (%)", yaxis_title="mean ΔLP on held-out sets (points)",
+                      title="Accuracy against forgetting (up and right is better)")
+    return fig
+
+
+def wise_figure(curve: pd.DataFrame, alpha: float) -> go.Figure:
+    """Task accuracy and the probe's kept structure along WiSE-FT's α, with the chosen α marked."""
+    fig = go.Figure()
+    for column, label in (("accuracy", "task accuracy"), *PROBE_CURVES.items()):
+        fig.add_scatter(x=curve["alpha"], y=curve[column], mode="lines+markers", name=label)
+    fig.add_vline(x=alpha, line_dash="dot", line_color="black")
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1.02],
+                      xaxis_title="α (0: pre-trained weights, 1: the fine-tuned run)",
+                      title="WiSE-FT: (1−α)·θ0 + α·θ_ft")
+    return fig

@@ -7,3 +7,5 @@ DRIFT_EXPLORER = ROOT / "pages" / "drift_explorer.py"
 LIVE_FINETUNE = ROOT / "pages" / "live_finetune.py"
 PROXY_DEBUGGER = ROOT / "pages" / "proxy_debugger.py"
 TEACHING = ROOT / "pages" / "teaching.py"
+#: the trade-off sweep's committed results (benchmarks/tradeoff.py), drawn on the Live fine-tune page
+TRADEOFF_RESULTS = ROOT / "docs" / "results" / "tradeoff" / "tradeoff.json"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from forgetting import QUICK_HELD_OUT, ensure_run  # noqa: E402
 from proxyfda.config import FinetuneConfig  # noqa: E402
-from proxyfda.forgetting import forgetting_report  # noqa: E402
+from proxyfda.forgetting import forgetting_report, frontier  # noqa: E402
 from proxyfda.interpolation import wise_run  # noqa: E402
 from proxyfda.runs import Run  # noqa: E402
 
@@ -116,18 +116,6 @@ def measure(rows: list[dict], held_out: dict[str, int] | None, k: int = 10) -> l
                    l2=entry["l2"]["mean"], overlap_at_k=drift.metrics["overlap_at_k_mean"],
                    seconds=source.summary().get("seconds"))
     return rows
-
-
-def frontier(rows: list[dict], label: str, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(A_LP, mean ΔLP) in points over a method's strengths, sorted by A_LP (one seed, or means over seeds)."""
-    mine = [r for r in rows if r["label"] == label and (seed is None or r["seed"] == seed)]
-    strengths = sorted({r["strength"] for r in mine}, key=lambda s: -1 if s is None else s)
-    points = []
-    for strength in strengths:
-        group = [r for r in mine if r["strength"] == strength]
-        points.append((100 * np.mean([r["A_LP"] for r in group]), 100 * np.mean([r["delta_LP"]["mean"] for r in group])))
-    points.sort()
-    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
 
 
 def matched_table(rows: list[dict]) -> dict[str, dict[str, list[float] | None]]:

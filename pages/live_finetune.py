@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import streamlit as st
 
 from proxyfda.errors import ProxyFDAError
+from proxyfda.forgetting import forgetting_report
+from proxyfda.interpolation import wise_curve
 from proxyfda.live import LiveJob, LiveTrainer, runs_table
 from proxyfda.runs import list_runs, runs_root
 
 from app.live_controls import live_controls
-from app.live_views import format_eta, training_curves
-from app.routes import DRIFT_EXPLORER
+from app.live_views import format_eta, tradeoff_figure, training_curves, wise_figure
+from app.routes import DRIFT_EXPLORER, TRADEOFF_RESULTS
 
 JOB_KEY = "live.job"  # the id of this browser session's latest job
 OWNER_KEY = "live.owner"  # this browser session, as the trainer knows it
@@ -71,6 +74,55 @@ def show_job(job: LiveJob) -> None:
                                                          "image_size": str(job.config.image_size)})
 
 
+def run_forgetting_tools(runs: list) -> None:
+    """For one chosen run: measure its forgetting (kept with the run), and WiSE-FT's α curve."""
+    usable = [run for run in runs if run.method != "safe" and run.status in ("completed", "stopped")]
+    if not usable:
+        return
+    names = {run.name: run for run in usable}
+    chosen = names[st.selectbox("Run", list(names), key="live.chosen", help="A finished (or stopped) run.")]
+    measure, wise = st.columns(2)
+    with measure:
+        if st.button("Measure forgetting", key="live.measure",
+                     help="Linear probes on the held-out data sets, before and after fine-tuning, and the OT and "
+                          "L2 distances between the feature distributions. A minute or two on a CPU."):
+            with st.status(f"Measuring how much {chosen.name} forgot…", expanded=True) as status:
+                forgetting_report([chosen.path], progress=st.write)
+                status.update(label="Measured; the table and the trade-off plot show it", state="complete")
+            st.rerun()
+    with wise:
+        if st.button("WiSE-FT curve", key="live.wise",
+                     help="Interpolate the run's weights with the pre-trained ones and score each mix."):
+            bar = st.progress(0.0)
+            st.session_state["live.wise_curve"] = (chosen.name, wise_curve(
+                chosen.path, progress=lambda message, fraction: bar.progress(fraction, text=message)))
+            bar.empty()
+    shown = st.session_state.get("live.wise_curve")
+    if shown and shown[0] == chosen.name:
+        curve = shown[1]
+        alpha = st.select_slider("WiSE-FT α", curve["alpha"].tolist(), value=curve["alpha"].iloc[-1], key="live.alpha")
+        row = curve[curve["alpha"] == alpha].iloc[0]
+        st.plotly_chart(wise_figure(curve, alpha), key="live.wise_chart")
+        st.caption(f"At α = {alpha:g}: task accuracy {row['accuracy']:.1%}, overlap@10 {row['probe_overlap']:.3f}, "
+                   f"CKNNA {row['probe_cknna']:.3f} with the pre-trained probe space. α = 1 is {chosen.name} itself.")
+
+
+def tradeoff_section(runs: list) -> None:
+    """The trade-off sweep's frontiers, with every run here whose forgetting was measured."""
+    st.subheader("Accuracy against forgetting")
+    sweep = json.loads(TRADEOFF_RESULTS.read_text()) if TRADEOFF_RESULTS.exists() else None
+    measured = [{"run": run.name, "A_LP": m["A_LP"], "delta_LP": m["delta_LP"]["mean"]}
+                for run in runs if (m := run.forgetting())]
+    if sweep is None and not measured:
+        st.caption("No trade-off results to show: measure a run's forgetting above.")
+        return
+    st.plotly_chart(tradeoff_figure(sweep["runs"] if sweep else [], measured), key="live.tradeoff")
+    if sweep:
+        st.caption(f"Lines: each method's strengths, means over seeds {sweep['seeds']}, {sweep['steps']} steps each, "
+                   f"from `{sweep['command']}` (docs/results/tradeoff). Faint dots: single runs. Stars: your measured "
+                   "runs. Presets are named with the method, e.g. \"fda (paper)\".")
+
+
 @st.fragment(run_every=1.0)
 def poll(job_id: str) -> None:
     """Redraw the running job every second; hand back to the whole page once it has finished."""
@@ -92,12 +144,21 @@ else:
 st.subheader("Runs")
 runs = list_runs(live.root)
 if runs:
-    st.dataframe(runs_table(runs), hide_index=True, key="live.runs",
+    table = runs_table(runs)
+    st.dataframe(table, hide_index=True, key="live.runs",
                  column_config={"task accuracy": st.column_config.NumberColumn(format="percent"),
+                                "mean ΔLP": st.column_config.NumberColumn(format="%+.3f"),
                                 "overlap@10": st.column_config.NumberColumn(format="%.3f"),
                                 "CKNNA": st.column_config.NumberColumn(format="%.3f"),
+                                "OT distance": st.column_config.NumberColumn(format="%.3f"),
+                                "L2 distance": st.column_config.NumberColumn(format="%.3f"),
                                 "seconds": st.column_config.NumberColumn(format="%.0f s")})
     st.caption(f"Every run under {live.root}. overlap@10 and CKNNA compare the probe set's features at the run's "
-               "last evaluation with the pre-trained ones (1 = every neighbourhood kept).")
+               "last evaluation with the pre-trained ones (1 = every neighbourhood kept). Mean ΔLP (linear-probe "
+               "accuracy on held-out data sets, fine-tuned minus pre-trained; below 0 is forgetting) and the OT and "
+               "L2 distances appear once a run's forgetting is measured below.")
+    run_forgetting_tools(runs)
 else:
     st.caption(f"No runs under {live.root} yet; this table refreshes when a run finishes.")
+
+tradeoff_section(runs)

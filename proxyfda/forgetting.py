@@ -146,7 +146,8 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
                       progress=None) -> dict:
     """A_LP, ΔLP per held-out set (and their mean), OTDD and L2 feature distances, for each run.
 
-    With three runs or more, also the correlation of ΔLP with OTDD and with L2 across runs.
+    With three runs or more, also the correlation of ΔLP with OTDD and with L2 across runs. Each run
+    keeps its own measurement (`Run.save_forgetting`), so a runs table can show it later.
     """
     from .backbones import OpenClipEncoder
     from .data import load_images
@@ -206,6 +207,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
             entry["zero_shot"] = _zero_shot(pretrained(config.base_encoder, size), finetuned,
                                             {spec: images(spec, n) for spec, n in sets.items()})
         runs[run.name] = entry
+        run.save_forgetting({**entry, "held_out_sizes": sets, "seed": seed})
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
     deltas = [r["delta_LP"]["mean"] for r in runs.values()]
     report["correlation_with_delta_LP"] = {
@@ -225,3 +227,19 @@ def _zero_shot(pretrained, finetuned, sets: dict) -> dict[str, dict[str, float]]
         after = zero_shot_accuracy(finetuned, data, text_classifier(finetuned, data.class_names))
         result[spec] = {"pretrained": before, "finetuned": after, "delta": after - before}
     return result
+
+
+def frontier(rows: list[dict], label: str, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A method's trade-off frontier: (A_LP, mean ΔLP) in points over its strengths, sorted by A_LP.
+
+    ``rows`` are runs of a sweep (``label``, ``strength``, ``seed``, ``A_LP``, ``delta_LP["mean"]``, as in
+    benchmarks/tradeoff.py's tradeoff.json); one seed's, or each strength's mean over seeds.
+    """
+    mine = [r for r in rows if r["label"] == label and (seed is None or r["seed"] == seed)]
+    strengths = sorted({r["strength"] for r in mine}, key=lambda s: -1 if s is None else s)
+    points = []
+    for strength in strengths:
+        group = [r for r in mine if r["strength"] == strength]
+        points.append((100 * np.mean([r["A_LP"] for r in group]), 100 * np.mean([r["delta_LP"]["mean"] for r in group])))
+    points.sort()
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])

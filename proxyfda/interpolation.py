@@ -6,12 +6,17 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import nn
 
+from .data import balanced_sample, load_images
 from .errors import ProxyFDAError
 from .runs import WISE, Run, RunWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: how many differing keys an error message names
 _SHOW_KEYS = 5
@@ -77,3 +82,40 @@ def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
         run.save_checkpoint({"encoder": mixed.state_dict(), "head": state["head"], "step": state["step"]})
         run.save_json(WISE, {"source": str(source.path), "alpha": alpha})
         return run.finish("completed", state["step"], None).run_dir
+
+
+def wise_curve(run_dir: str | Path, alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+               progress: Callable[[str, float], None] | None = None) -> "pd.DataFrame":
+    """How a run's task accuracy and drift move along WiSE-FT's line from θ0 (α = 0) to the run (α = 1).
+
+    For each α: the accuracy of the interpolated encoder with the run's head on the run's eval set, and
+    the probe set's overlap@10, CKNNA and CKA with the pre-trained features (`training.probe_scores`,
+    what the run logged at its evaluations). Nothing is written.
+    """
+    import pandas as pd
+
+    from .encoders import create_encoder
+    from .training import PROBE_SIZE, eval_pass, probe_scores
+
+    source = Run.open(run_dir)
+    if source.method == "safe":
+        raise ProxyFDAError("SAFE runs blend their pooling already (β); WiSE-FT applies to full fine-tunes")
+    say = progress or (lambda message, fraction: None)
+    finetuned = create_encoder(source.spec)
+    pretrained = create_encoder(source.config.base_encoder, image_size=finetuned.image_size)
+    head = nn.Linear(*reversed(source.checkpoint_state()["head"]["weight"].shape))
+    head.load_state_dict(source.checkpoint_state()["head"])
+    eval_set = load_images(source.config.eval_data, n=source.config.eval_size, seed=source.config.seed)
+    if source.probe_steps():
+        rows, pre = source.probe_rows(), source.probe_features(0)  # what the run's own curves used
+    else:  # a run from before probe snapshots: the probe its training would have drawn
+        rows = balanced_sample(eval_set.labels, PROBE_SIZE, source.config.seed)
+        pre = eval_pass(pretrained, head, eval_set).features[rows]
+    result = []
+    for i, alpha in enumerate(sorted(alphas)):
+        say(f"α = {alpha:g}", i / len(alphas))
+        found = eval_pass(wise_ft(pretrained, finetuned, float(alpha)), head, eval_set)
+        scores = probe_scores(pre, found.features[rows], eval_set.subset(rows))
+        result.append({"alpha": float(alpha), "accuracy": found.accuracy, **scores})
+    say("done", 1.0)
+    return pd.DataFrame(result)

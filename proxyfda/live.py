@@ -179,7 +179,8 @@ class LiveTrainer:
 def runs_table(runs: list[Run]) -> "pd.DataFrame":
     """The runs side by side, one row each: what made it (method with its preset, strength, steps) and
     what it measured (task accuracy, and the probe's overlap@10 and CKNNA with the pre-trained space at
-    its last evaluation), its status and wall time. ``spec`` loads it as an encoder."""
+    its last evaluation; mean ΔLP and the OT and L2 distances once its forgetting was measured), its
+    status and wall time. ``spec`` loads it as an encoder."""
     import pandas as pd
 
     from .methods import METHODS, method_label
@@ -195,9 +196,13 @@ def runs_table(runs: list[Run]) -> "pd.DataFrame":
         else:
             label = method_label(run.config) if method else run.method
             strength = run.config.reg_options.get(method.strength) if method and method.strength else None
+        forgetting = run.forgetting() or {}
         rows.append({"run": run.name, "method": label, "strength": strength, "status": run.status,
                      "steps": summary.get("steps_done"), "task accuracy": summary.get("final_eval_accuracy"),
+                     "mean ΔLP": forgetting.get("delta_LP", {}).get("mean"),
                      "overlap@10": last.get("probe_overlap"), "CKNNA": last.get("probe_cknna"),
+                     "OT distance": forgetting.get("otdd", {}).get("mean"),
+                     "L2 distance": forgetting.get("l2", {}).get("mean"),
                      "seconds": summary.get("seconds"), "spec": run.spec})
-    return pd.DataFrame(rows, columns=["run", "method", "strength", "status", "steps", "task accuracy", "overlap@10",
-                                       "CKNNA", "seconds", "spec"])
+    return pd.DataFrame(rows, columns=["run", "method", "strength", "status", "steps", "task accuracy", "mean ΔLP",
+                                       "overlap@10", "CKNNA", "OT distance", "L2 distance", "seconds", "spec"])

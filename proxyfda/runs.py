@@ -14,6 +14,9 @@
                    the writing (``seconds``)
 =================  =================================================================================
 
+A run whose forgetting was measured (`proxyfda.forgetting.forgetting_report`) also keeps
+``forgetting.json``: A_LP, ΔLP per held-out set, the OT and L2 distances, and the sets and seed used.
+
 `RunWriter` writes a run (the training loop, SAFE, WiSE-FT), `Run` reads one back and `list_runs`
 finds the runs under a folder. A run loads as an encoder from its spec ``run:<dir>`` (`Run.spec`),
 resolved by `proxyfda.encoders.create_encoder`.
@@ -45,6 +48,7 @@ HISTORY = "history.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SAFE_RESULT = "safe.pt"
 WISE = "wise.json"
+FORGETTING = "forgetting.json"
 SUMMARY = "summary.json"
 PROBE = "probe"
 PROBE_ROWS = "rows.json"
@@ -237,16 +241,29 @@ class Run:
         """The probe images: the run's eval set (as the run loaded it) at the rows in ``probe/rows.json``."""
         from .data import load_images
 
+        images = load_images(self.config.eval_data, n=self.config.eval_size, seed=self.config.seed)
+        return images.subset(self.probe_rows())
+
+    def probe_rows(self) -> list[int]:
+        """Which rows of the run's eval set (``eval_data``, ``eval_size``, ``seed``) form its probe set."""
         path = self.path / PROBE / PROBE_ROWS
         if not path.exists():
             raise ProxyFDAError(f"run '{self.path}' kept no probe set (no {PROBE}/{PROBE_ROWS})")
-        images = load_images(self.config.eval_data, n=self.config.eval_size, seed=self.config.seed)
-        return images.subset(json.loads(path.read_text()))
+        return json.loads(path.read_text())
 
     def wise(self) -> dict | None:
         """For a WiSE-FT run, ``{"source": run dir, "alpha": α}``; None otherwise."""
         path = self.path / WISE
         return json.loads(path.read_text()) if path.exists() else None
+
+    def forgetting(self) -> dict | None:
+        """The run's last forgetting measurement (`save_forgetting`), or None if it was never measured."""
+        path = self.path / FORGETTING
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_forgetting(self, measurement: dict) -> None:
+        """Keep a forgetting measurement with the run (replacing an earlier one)."""
+        atomic_write_text(self.path / FORGETTING, json.dumps(measurement, indent=2) + "\n")
 
 
 def list_runs(root: str | Path) -> list[Run]:

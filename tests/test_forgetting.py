@@ -71,6 +71,8 @@ from types import SimpleNamespace  # noqa: E402
 from scipy.stats import pearsonr, spearmanr  # noqa: E402
 
 from proxyfda.config import FinetuneConfig  # noqa: E402
+from proxyfda.live import runs_table  # noqa: E402  (imported before the stubs: it binds the real encoders)
+from proxyfda.runs import Run  # noqa: E402
 from proxyfda.forgetting import ProbeResult, forgetting_report  # noqa: E402
 
 STUB_SETS = {"setA:test": 6, "setB:all": 6}
@@ -214,3 +216,31 @@ def test_forgetting_report_keeps_runs_with_the_same_name_in_different_folders(st
     except ProxyFDAError:
         return  # refusing ambiguous names is fine too
     assert len(report["runs"]) == 2
+
+
+def test_each_run_keeps_its_measurement_and_the_runs_table_shows_it(stub_world):
+    dirs, _ = stub_world
+    assert Run.open(dirs[0]).forgetting() is None
+    forgetting_report(dirs, held_out=STUB_SETS)
+    kept = Run.open(dirs[1]).forgetting()
+    assert kept["delta_LP"]["mean"] == pytest.approx(DELTA["r2"]["mean"])
+    assert kept["held_out_sizes"] == STUB_SETS and kept["seed"] == 0
+    table = runs_table([Run.open(d) for d in dirs]).set_index("run")
+    for name in ("r1", "r2", "r3"):
+        assert table.loc[name, "mean ΔLP"] == pytest.approx(DELTA[name]["mean"])
+        assert table.loc[name, "OT distance"] == pytest.approx(OTDD[name]["mean"])
+        assert table.loc[name, "L2 distance"] == pytest.approx(L2[name]["mean"], abs=1e-6)
+
+
+def test_frontier_averages_seeds_per_strength_and_sorts_by_accuracy():
+    from proxyfda.forgetting import frontier
+
+    rows = [{"label": "m", "strength": s, "seed": seed, "A_LP": acc, "delta_LP": {"mean": d}}
+            for s, seed, acc, d in ((1.0, 0, 0.90, -0.01), (1.0, 1, 0.92, -0.03), (0.1, 0, 0.96, -0.05),
+                                    (0.1, 1, 0.98, -0.07))] + [{"label": "other", "strength": None, "seed": 0,
+                                                                 "A_LP": 0.5, "delta_LP": {"mean": 0.0}}]
+    acc, delta = frontier(rows, "m")
+    np.testing.assert_allclose(acc, [91.0, 97.0])
+    np.testing.assert_allclose(delta, [-2.0, -6.0])
+    acc, delta = frontier(rows, "m", seed=1)
+    np.testing.assert_allclose(acc, [92.0, 98.0])

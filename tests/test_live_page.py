@@ -127,3 +127,22 @@ def test_a_link_sets_the_form(runs_dir):
     assert at.selectbox(key="live.cfg.method").value == "l2sp" and at.number_input(key="live.cfg.steps").value == 30
     assert any("Ignored 'eval_every=-1'" in w.value for w in at.warning)
     assert at.query_params["method"] == "l2sp" and at.query_params["steps"] == "30"
+
+
+def test_a_runs_wise_ft_curve_and_its_measured_forgetting_on_the_page(runs_dir, tiny_run):
+    import shutil
+
+    shutil.copytree(tiny_run, runs_dir / "tiny")
+    Run.open(runs_dir / "tiny").save_forgetting({"A_LP": 0.9, "delta_LP": {"mean": -0.02}, "otdd": {"mean": 1.5},
+                                                 "l2": {"mean": 0.3}})
+    at = live_page()
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["tiny", "mean ΔLP"] == pytest.approx(-0.02) and table.loc["tiny", "OT distance"] == 1.5
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("your runs" in spec for spec in charts)  # the trade-off plot marks the measured run
+    button(at, "WiSE-FT curve").click().run()
+    assert not at.exception
+    assert any("WiSE-FT" in c.proto.spec for c in at.get("plotly_chart"))
+    at.select_slider(key="live.alpha").set_value(0.5).run()
+    assert "At α = 0.5: task accuracy" in " ".join(c.value for c in at.caption)

@@ -231,3 +231,16 @@ def test_a_run_without_history_says_so(tmp_path):
         writer.finish("completed", 0, None)
     with pytest.raises(ProxyFDAError, match="has no feature history"):
         run_timeline(tmp_path / "r")
+
+
+def test_wise_curve_runs_from_the_pretrained_encoder_to_the_run(tiny_run):
+    from proxyfda.interpolation import wise_curve
+
+    run = Run.open(tiny_run)
+    curve = wise_curve(tiny_run, alphas=(1.0, 0.0, 0.5))
+    assert list(curve.alpha) == [0.0, 0.5, 1.0]
+    # α = 0 is the pre-trained encoder (its probe features equal step 0's up to float16), α = 1 the run itself
+    assert curve.probe_overlap[0] == pytest.approx(1.0, abs=0.02) and curve.probe_cka[0] == pytest.approx(1.0, abs=1e-3)
+    last = [r for r in run.records() if r.get("kind") == "eval"][-1]
+    assert curve.accuracy[2] == pytest.approx(run.summary()["final_eval_accuracy"])
+    assert curve.probe_overlap[2] == pytest.approx(last["probe_overlap"], abs=0.02)
