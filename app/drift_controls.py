@@ -53,6 +53,9 @@ def drift_controls() -> tuple[DriftConfig, str, bool]:
         st.text_input("Fine-tuned encoder", key=_key("finetuned"),
                       help="'default-finetuned' is EfficientNet-Lite0 fine-tuned on MNIST by proxyfda; "
                            "or any spec as above, e.g. run:<dir> from `proxyfda finetune`.")
+        st.text_input("Compare with (optional)", key=_key("compare"), placeholder="a second fine-tuned encoder",
+                      help="A second fine-tune of the same pre-trained encoder, e.g. run:<dir> of a naive run beside "
+                           "a Proxy-FDA one: the Three-way tab shows what each kept that the other lost.")
         st.number_input("Input resolution (px; 0 = each encoder's own)", min_value=0, step=16, key=_key("image_size"))
         with st.expander("Advanced"):
             st.selectbox("kNN backend", ["auto", *available_backends()], key=_key("knn_backend"))

@@ -1,4 +1,4 @@
-"""Two linked WebGL maps (pre-trained | fine-tuned) of the same points.
+"""Linked WebGL maps of the same points: pre-trained | fine-tuned, or a row of any number of spaces.
 
 Every point lives in ONE trace whose ``customdata`` is its row id, so a selection made in either
 map names the same rows in the other (plotly's per-trace point indices would scramble when
@@ -8,6 +8,7 @@ colours split traces). The figure builder and the selection parser are pure func
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -96,16 +97,33 @@ def _on_select(chart_key: str) -> None:
 
 def render_linked_maps(map_a: np.ndarray, map_b: np.ndarray, report, color_by: str, focus: int | None) -> None:
     """Draw both maps side by side; a box/lasso/click in either selects the same rows in both."""
+    render_map_row([MapPanel(map_a, "Pre-trained", report.graph_a.indices, report.overlap, report.l2_drift, "drift.map_a"),
+                    MapPanel(map_b, "Fine-tuned", report.graph_b.indices, report.overlap, report.l2_drift, "drift.map_b")],
+                   report, color_by, focus)
+
+
+@dataclass(frozen=True)
+class MapPanel:
+    """One map in a row of linked maps: its 2-D coordinates and title, the kNN graph whose neighbours ring
+    the focused point, the per-point overlap and L2 drift its colours show, and its widget key."""
+
+    coords: np.ndarray
+    title: str
+    neighbours: np.ndarray
+    overlap: np.ndarray
+    l2: np.ndarray
+    key: str
+    color_by: str | None = None  # this map's own colouring (default: the row's)
+
+
+def render_map_row(panels: Sequence[MapPanel], report, color_by: str, focus: int | None) -> None:
+    """Linked maps side by side: a box/lasso/click in any one selects the same rows in all."""
     selected = st.session_state.get(SELECTION_KEY, [])
-    neighbours_a = report.graph_a.indices[focus] if focus is not None else ()
-    neighbours_b = report.graph_b.indices[focus] if focus is not None else ()
-    common = dict(labels=report.labels, class_names=report.class_names, overlap=report.overlap,
-                  l2=report.l2_drift, color_by=color_by, selected=selected, focus=focus)
-    left, right = st.columns(2)
-    for column, coords, title, neighbours, key in (
-            (left, map_a, "Pre-trained", neighbours_a, "drift.map_a"),
-            (right, map_b, "Fine-tuned", neighbours_b, "drift.map_b")):
+    common = dict(labels=report.labels, class_names=report.class_names, selected=selected, focus=focus)
+    for column, panel in zip(st.columns(len(panels)), panels):
         with column:
-            fig = map_figure(coords, title, focus_neighbours=neighbours, **common)
-            st.plotly_chart(fig, key=key, on_select=lambda key=key: _on_select(key),
+            ring = panel.neighbours[focus] if focus is not None else ()
+            fig = map_figure(panel.coords, panel.title, overlap=panel.overlap, l2=panel.l2, focus_neighbours=ring,
+                             color_by=panel.color_by or color_by, **common)
+            st.plotly_chart(fig, key=panel.key, on_select=lambda key=panel.key: _on_select(key),
                             selection_mode=("points", "box", "lasso"), config={"displaylogo": False})

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from proxyfda.data import ImageSet
-from proxyfda.drift import DriftReport
+from proxyfda.drift import DriftReport, ThreeWay
 
 THUMB_WIDTH = 64
 
@@ -63,3 +63,20 @@ def selection_grid(images: ImageSet, report: DriftReport, ids: Sequence[int], sh
     st.markdown(f"**Selection**: {len(ids)} points, mean overlap@{report.k} {report.overlap[ids].mean():.2f}"
                 + (f" (showing the {limit} most drifted)" if len(ids) > limit else ""))
     _thumbs(images, shown, [f"{int(i)} · {report.overlap[int(i)]:.1f}" for i in shown], show_images)
+
+
+def three_way_panel(both: ThreeWay, images: ImageSet, row: int, show_images: bool = True) -> None:
+    """A point's pre-trained neighbours split by which of the two fine-tunes kept them."""
+    split = both.split(row)
+    head, info = st.columns([1, 5])
+    with head:
+        st.image(images.thumbnail(row), width=2 * THUMB_WIDTH)
+    with info:
+        st.markdown(f"**Point {row}** · class **{images.class_of(row)}** · overlap@{both.b.k}: "
+                    f"**{both.b.overlap[row]:.2f}** under {both.name_b}, **{both.c.overlap[row]:.2f}** under {both.name_c}")
+        st.caption("Its k nearest neighbours in the pre-trained space, by which fine-tune still has them among its "
+                   "own k nearest. Captions: id · class.")
+    for column, (title, ids) in zip(st.columns(4), split.items()):
+        with column:
+            st.markdown(f"**Kept by {title}** ({len(ids)})" if title != "neither" else f"**Lost by both** ({len(ids)})")
+            _thumbs(images, ids, [f"{int(i)} · {images.class_of(int(i))}" for i in ids], show_images)

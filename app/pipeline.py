@@ -16,7 +16,7 @@ import streamlit as st
 from proxyfda import projection
 from proxyfda.config import DriftConfig
 from proxyfda.data import ImageSet, load_images
-from proxyfda.drift import DriftReport, cached_drift, drift_features
+from proxyfda.drift import DriftReport, cached_drift, compare_features, drift_features
 from proxyfda.encoders import names_default
 from proxyfda.runs import default_run_ready
 
@@ -69,14 +69,23 @@ def ensure_default_encoder() -> None:
 
 def load_features(config: DriftConfig, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """Both encoders' features through the library's drift route, with a progress bar while embedding."""
-    if names_default([config.pretrained, config.finetuned]):
+    return _with_progress(config, [config.pretrained, config.finetuned], drift_features, images)
+
+
+def load_compare_features(config: DriftConfig, images: ImageSet) -> np.ndarray:
+    """The second fine-tuned encoder's features (``config.compare``), with a progress bar while embedding."""
+    return _with_progress(config, [config.compare], compare_features, images)
+
+
+def _with_progress(config: DriftConfig, specs: list[str], route, images: ImageSet):
+    if names_default(specs):
         ensure_default_encoder()
     placeholder = st.empty()
 
     def progress(message: str, fraction: float) -> None:
         placeholder.progress(min(fraction, 1.0), text=message)
 
-    features = drift_features(config, images, progress=progress, make_encoder=get_encoder)
+    features = route(config, images, progress=progress, make_encoder=get_encoder)
     placeholder.empty()
     return features
 

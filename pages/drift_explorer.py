@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from proxyfda.drift import encoder_names, three_way
 from proxyfda.errors import ProxyFDAError
 from proxyfda.projection import cached_pair
 
@@ -11,9 +12,10 @@ from app import session
 from app.drift_controls import drift_controls
 from app.linked_maps import render_linked_maps
 from app.neighbours import neighbour_panel, selection_grid
-from app.pipeline import get_images, get_report, load_features, projection_jobs
+from app.pipeline import get_images, get_report, load_compare_features, load_features, projection_jobs
 from app.report_views import (calibration_view, class_drift_view, export_buttons, metrics_panel,
                               most_drifted_table)
+from app.three_way_view import three_way_view
 from app.timeline_view import timeline_view
 
 st.title("Drift Explorer")
@@ -31,6 +33,12 @@ try:
     x_a, x_b = load_features(config, images)
     feature_key = (config.pretrained, config.finetuned, images.fingerprint, config.image_size)
     report = get_report(x_a, x_b, feature_key, images.labels, images.class_names, config.k, config.knn_backend)
+    both = x_c = None
+    if config.compare:
+        x_c = load_compare_features(config, images)
+        compare_key = (config.pretrained, config.compare, images.fingerprint, config.image_size)
+        report_c = get_report(x_a, x_c, compare_key, images.labels, images.class_names, config.k, config.knn_backend)
+        both = three_way(report, report_c, *encoder_names(config.finetuned, config.compare))
 except ProxyFDAError as exc:
     st.error(f"{exc}")
     st.stop()
@@ -71,16 +79,24 @@ def explore(maps) -> None:
             st.rerun(scope="fragment")
 
 
-maps = cached_pair(x_a, x_b, method=config.projection, seed=config.seed)
-if maps is None:
-    key = feature_key + (config.projection, config.seed)
+def pair_maps(x_b, key: tuple, pending: bool):
+    """The maps of (x_a, x_b): from the cache, or a background job (polled when ``pending``)."""
+    found = cached_pair(x_a, x_b, method=config.projection, seed=config.seed)
+    if found is not None:
+        return found
+    key = key + (config.projection, config.seed)
     job = projection_jobs().submit(key, x_a, x_b, config.projection, config.seed)
     if not job.done():
-        maps_pending(job, key)
-    elif job.exception() is not None:
+        if pending:
+            maps_pending(job, key)
+        return None
+    if job.exception() is not None:
         st.error(f"The 2D maps failed: {job.exception()}")
-    else:
-        maps = job.result()
+        return None
+    return job.result()
+
+
+maps = pair_maps(x_b, feature_key, pending=True)
 explore(maps)
 
 # Only the open tab runs: the class heatmap and the export files are built when asked for, which keeps
@@ -88,6 +104,13 @@ explore(maps)
 VIEWS = {"Most drifted": most_drifted_table, "Class drift": class_drift_view,
          "Calibration": lambda report: calibration_view(report, x_a, x_b, feature_key),
          "Over time": lambda report: timeline_view(config.finetuned), "Export": export_buttons}
+if both is not None:
+    def three_way_tab(report) -> None:
+        compared = pair_maps(x_c, compare_key, pending=maps is not None)
+        three = None if maps is None or compared is None else (maps[0], maps[1], compared[1])
+        three_way_view(both, images, three, color_by, show_images)
+
+    VIEWS = {"Three-way": three_way_tab, **VIEWS}
 for tab, view in zip(st.tabs(list(VIEWS), key=session.TAB_KEY, on_change="rerun"), VIEWS.values()):
     if tab.open:
         with tab:

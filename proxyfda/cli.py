@@ -145,16 +145,26 @@ def _default_steps() -> int:
 
 def cmd_drift(args: argparse.Namespace) -> None:
     from .default import ensure_default_for
-    from .drift import run_drift
+    from .drift import run_drift, run_three_way
 
     config = _config_from_args(DriftConfig, args)
-    ensure_default_for([config.pretrained, config.finetuned], _finetune_printer("default fine-tune"))
+    ensure_default_for([config.pretrained, config.finetuned, config.compare], _finetune_printer("default fine-tune"))
     bar = _StageBar()
-    images, report = run_drift(config, progress=bar)
+    if config.compare:
+        images, both = run_three_way(config, progress=bar)
+        report = both.b
+    else:
+        images, report = run_drift(config, progress=bar)
     bar.close()
     out = report.save(args.out)
     print(json.dumps(report.metrics, indent=2))
     print(f"wrote {out / 'metrics.json'} and {out / 'points.parquet'}")
+    if config.compare:
+        both.c.save(out / "compare")
+        both.save(out)
+        print(json.dumps(both.summary(), indent=2))
+        print(f"wrote the second fine-tune's report to {out / 'compare'} and the comparison to "
+              f"{out / 'three_way.parquet'}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

@@ -82,6 +82,9 @@ class DriftConfig(JsonConfig):
     knn_backend: str = "auto"  # one of KNN_BACKENDS
     projection: str = "init"  # one of PROJECTION_METHODS
     seed: int = 0
+    # a second fine-tuned encoder of the same base ("" for none): the three-way view compares what
+    # each of the two fine-tunes kept of the pre-trained neighbourhoods
+    compare: str = ""
 
     def __post_init__(self) -> None:
         # What can be checked without the images is checked here, once; k < N once the images are

@@ -287,6 +287,79 @@ def drift_features(config: DriftConfig, images: ImageSet, progress: StageProgres
     return feats[0], feats[1]
 
 
+def compare_features(config: DriftConfig, images: ImageSet, progress: StageProgress | None = None,
+                     make_encoder: EncoderFactory | None = None) -> np.ndarray:
+    """The features of ``images`` under the second fine-tuned encoder, ``config.compare``."""
+    if not config.compare:
+        raise ProxyFDAError("no second fine-tuned encoder to compare with: set compare (e.g. run:<dir>)")
+    say = progress or (lambda message, fraction: None)
+
+    def report(done: int, total: int) -> None:
+        say(f"Embedding {total} images with the second fine-tuned encoder: {done}/{total}", done / total)
+
+    return encoder_features(config.compare, images, config.image_size, report, make_encoder)
+
+
+@dataclass
+class ThreeWay:
+    """Two fine-tunes of the same pre-trained encoder on the same images: ``b`` and ``c`` are their drift
+    reports against it, named ``name_b`` and ``name_c`` (e.g. a naive and a Proxy-FDA run)."""
+
+    b: DriftReport
+    c: DriftReport
+    name_b: str
+    name_c: str
+
+    def frame(self) -> pd.DataFrame:
+        """One row per point: overlap@k under each fine-tune, their difference (b − c), and how many of its
+        pre-trained neighbours only b kept and only c kept. Sorted with the largest |difference| first."""
+        only_b, only_c = self._only_counts()
+        frame = pd.DataFrame({"id": np.arange(self.b.n), "class": [self.b.class_names[int(c)] for c in self.b.labels],
+                              f"overlap {self.name_b}": self.b.overlap, f"overlap {self.name_c}": self.c.overlap,
+                              "difference": self.b.overlap - self.c.overlap,
+                              f"kept by {self.name_b} only": only_b, f"kept by {self.name_c} only": only_c})
+        return frame.iloc[np.argsort(-np.abs(frame["difference"].to_numpy()), kind="stable")].reset_index(drop=True)
+
+    def split(self, i: int) -> dict[str, np.ndarray]:
+        """Point i's pre-trained neighbours (in pre-trained order) by who kept them: both, b only, c only, neither."""
+        pre = self.b.graph_a.indices[i]
+        in_b, in_c = np.isin(pre, self.b.graph_b.indices[i]), np.isin(pre, self.c.graph_b.indices[i])
+        return {"both": pre[in_b & in_c], f"{self.name_b} only": pre[in_b & ~in_c],
+                f"{self.name_c} only": pre[~in_b & in_c], "neither": pre[~in_b & ~in_c]}
+
+    def summary(self) -> dict[str, float]:
+        """Mean overlap@k of each, and the share of points where b keeps more, fewer or as many neighbours."""
+        difference = self.b.overlap - self.c.overlap
+        return {f"overlap {self.name_b}": float(self.b.overlap.mean()), f"overlap {self.name_c}": float(self.c.overlap.mean()),
+                f"{self.name_b} keeps more": float(np.mean(difference > 0)),
+                f"{self.name_c} keeps more": float(np.mean(difference < 0)), "tie": float(np.mean(difference == 0))}
+
+    def save(self, out_dir: str | Path) -> Path:
+        """``three_way.parquet`` (the frame) and ``three_way.json`` (the summary) in ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.frame().to_parquet(out / "three_way.parquet", index=False)
+        (out / "three_way.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
+        return out
+
+    def _only_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        pre = self.b.graph_a.indices
+        in_b = (pre[:, :, None] == self.b.graph_b.indices[:, None, :]).any(-1)
+        in_c = (pre[:, :, None] == self.c.graph_b.indices[:, None, :]).any(-1)
+        return (in_b & ~in_c).sum(1), (~in_b & in_c).sum(1)
+
+
+def three_way(report_b: DriftReport, report_c: DriftReport, name_b: str = "B", name_c: str = "C") -> ThreeWay:
+    """Compare two drift reports of the same images against the same pre-trained space."""
+    if report_b.n != report_c.n or report_b.k != report_c.k or not np.array_equal(report_b.graph_a.indices,
+                                                                                  report_c.graph_a.indices):
+        raise ProxyFDAError("the two fine-tunes must be compared on the same images, with the same k and the same "
+                            "pre-trained encoder (their pre-trained kNN graphs differ)")
+    if name_b == name_c:
+        name_b, name_c = f"{name_b} (1)", f"{name_c} (2)"
+    return ThreeWay(report_b, report_c, name_b, name_c)
+
+
 def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, DriftReport]:
     """Everything from specs to report: images, both encoders' features, graphs and metrics."""
     say = progress or (lambda message, fraction: None)
@@ -298,6 +371,28 @@ def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tup
                            config=config)
     say("Done", 1.0)
     return images, report
+
+
+def run_three_way(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, ThreeWay]:
+    """`run_drift` for ``config.finetuned`` and for ``config.compare``, against the same pre-trained features."""
+    say = progress or (lambda message, fraction: None)
+    say(f"Loading {config.data}", 0.0)
+    images = load_drift_images(config)
+    x_a, x_b = drift_features(config, images, lambda message, fraction: say(message, 0.05 + 0.55 * fraction))
+    x_c = compare_features(config, images, lambda message, fraction: say(message, 0.6 + 0.25 * fraction))
+    say("Building kNN graphs and metrics", 0.85)
+    report_b = compute_drift(x_a, x_b, images.labels, images.class_names, config.k, backend=config.knn_backend,
+                             config=config)
+    report_c = compute_drift(x_a, x_c, images.labels, images.class_names, config.k, backend=config.knn_backend,
+                             config=config)
+    say("Done", 1.0)
+    return images, three_way(report_b, report_c, *encoder_names(config.finetuned, config.compare))
+
+
+def encoder_names(*specs: str) -> list[str]:
+    """Short names for encoder specs in a comparison: a run's folder name (``run:/x/naive-s0`` -> naive-s0),
+    else the spec itself."""
+    return [Path(spec.removeprefix("run:")).name if spec.startswith("run:") else spec for spec in specs]
 
 
 def _default_encoder(spec: str, image_size: int | None) -> "Encoder":

@@ -185,3 +185,29 @@ def test_a_link_opens_on_its_point_and_the_point_travels_in_the_address(tiny_def
     assert not at.exception and "**Point 17**" in markdown_text(at)
     at.number_input(key="drift.focus_input.17").set_value(23).run()
     assert at.query_params["point"] == "23" and "**Point 23**" in markdown_text(at)
+
+
+def test_three_way_tab_compares_two_fine_tunes(tiny_run, tmp_path):
+    """A second run as 'compare': three linked maps, the points they treat most differently, and a point's
+    pre-trained neighbours split by which fine-tune kept them."""
+    import dataclasses
+
+    from conftest import TINY_FINETUNE
+    from proxyfda.training import finetune
+
+    other = tmp_path / "other"
+    finetune(dataclasses.replace(TINY_FINETUNE, seed=1, lr=3e-2), other)
+    at = page(**{"drift.cfg.finetuned": f"run:{tiny_run}", "drift.cfg.compare": f"run:{other}", TAB_KEY: "Three-way"})
+    assert not at.exception and not at.error
+    labels = [m.label for m in at.metric]
+    assert "overlap tiny" in labels and "overlap other" in labels
+    assert "**Kept by both**" in markdown_text(at) and "**Kept by other only**" in markdown_text(at)
+    table = next(d for d in at.dataframe if "difference" in d.value.columns).value
+    assert len(table) == 120 and set(table.columns) >= {"overlap tiny", "overlap other", "kept by tiny only"}
+    from app.pipeline import projection_jobs
+
+    for job in list(projection_jobs().jobs.values()):
+        job.result(timeout=600)
+    at.run()
+    keys = [c.key for c in at.get("plotly_chart")]
+    assert {"drift.three.map_a", "drift.three.map_b", "drift.three.map_c"} <= set(keys)

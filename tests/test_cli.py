@@ -28,6 +28,19 @@ def test_drift_writes_metrics_and_points(tiny_run, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["finetuned"] == f"run:{tiny_run}"
 
 
+def test_drift_compare_writes_the_three_way_files(tiny_run, tmp_path):
+    out = tmp_path / "drift"
+    code = main(["drift", "--finetuned", f"run:{tiny_run}", "--compare", "efficientnet-lite0", "--data", "digits:test",
+                 "--n", "60", "--k", "5", "--image-size", "32", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "three_way.json").read_text())
+    assert summary["overlap efficientnet-lite0"] == 1.0  # the base itself keeps every neighbourhood
+    frame = pd.read_parquet(out / "three_way.parquet")
+    assert len(frame) == 60 and (frame["kept by efficientnet-lite0 only"] >= 0).all()
+    assert np.isclose(frame["overlap tiny"].mean(), json.loads((out / "metrics.json").read_text())["overlap_at_k_mean"])
+    assert json.loads((out / "compare" / "metrics.json").read_text())["overlap_at_k_mean"] == 1.0
+
+
 def test_embed_writes_features(tmp_path):
     out = tmp_path / "feats.npy"
     assert main(["embed", "--encoder", "efficientnet-lite0", "--data", "digits", "--n", "12",

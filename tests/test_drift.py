@@ -276,3 +276,34 @@ def test_calibration_separates_a_real_change_from_noise():
     values = rng.random(50)
     means = values[np.random.default_rng(7).integers(0, 50, size=(400, 50))].mean(axis=1)
     assert bootstrap_interval(values, 400, seed=7) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+
+
+def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
+    from proxyfda.drift import compute_drift, three_way
+
+    rng = np.random.default_rng(3)
+    x_a = rng.normal(size=(80, 12))
+    x_b = x_a + 0.3 * rng.normal(size=x_a.shape)
+    x_c = x_a + 1.5 * rng.normal(size=x_a.shape)
+    labels = np.repeat(np.arange(4), 20)
+    names = ["a", "b", "c", "d"]
+    both = three_way(compute_drift(x_a, x_b, labels, names, 6), compute_drift(x_a, x_c, labels, names, 6), "kept", "lost")
+    frame = both.frame().set_index("id")
+    for i in range(80):  # brute force: sets of cosine neighbours
+        def knn(x):
+            u = x / np.linalg.norm(x, axis=1, keepdims=True)
+            sims = u @ u[i]
+            sims[i] = -np.inf
+            return set(np.argsort(-sims)[:6])
+        pre, in_b, in_c = knn(x_a), knn(x_b), knn(x_c)
+        split = both.split(i)
+        assert set(split["both"]) == pre & in_b & in_c and set(split["neither"]) == pre - in_b - in_c
+        assert set(split["kept only"]) == (pre & in_b) - in_c and set(split["lost only"]) == (pre & in_c) - in_b
+        assert frame.loc[i, "kept by kept only"] == len((pre & in_b) - in_c)
+        assert frame.loc[i, "difference"] == pytest.approx((len(pre & in_b) - len(pre & in_c)) / 6)
+    assert np.all(np.diff(np.abs(both.frame()["difference"].to_numpy())) <= 0)  # largest differences first
+    summary = both.summary()
+    assert summary["overlap kept"] > summary["overlap lost"]
+    assert summary["kept keeps more"] + summary["lost keeps more"] + summary["tie"] == pytest.approx(1.0)
+    with pytest.raises(ProxyFDAError, match="same images"):
+        three_way(both.b, compute_drift(x_b, x_c, labels, names, 6))
