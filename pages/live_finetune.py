@@ -57,6 +57,10 @@ def show_job(job: LiveJob) -> None:
     train, evals = job.history()
     if train or evals:
         st.plotly_chart(training_curves(train, evals), key="live.curves")
+    problem = next((r["probe_problem"] for r in reversed(evals) if "probe_problem" in r), None)
+    if problem:
+        st.warning(f"The probe's structure could not be scored at some evaluations: {problem}. The encoder's "
+                   "features may have collapsed; a lower learning rate or a stronger regulariser usually helps.")
     if job.state == "failed":
         st.error(f"The run failed: {job.error}")
     elif job.state == "cancelled":

@@ -31,6 +31,7 @@ from .backbones import Encoder
 from .config import FinetuneConfig, SafeConfig
 from .data import ImageSet, balanced_sample, load_images, stratified_split
 from .drift import compute_drift
+from .errors import ProxyFDAError
 from .device import resolve_device
 from .encoders import create_encoder
 from .features import extract_features
@@ -244,8 +245,11 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             pre_probe = probe if pre_probe is None else pre_probe
             run.save_probe(step, probe)
             diagnostics = regularizer.diagnostics() if regularizer is not None and step > 0 else {}
-            run.log({"kind": "eval", "step": step, "accuracy": result.accuracy,
-                     **probe_scores(pre_probe, probe, probe_set), **diagnostics})
+            try:
+                scores = probe_scores(pre_probe, probe, probe_set)
+            except ProxyFDAError as exc:  # e.g. features collapsed to one point: the run goes on, and says so
+                scores = {"probe_problem": str(exc)}
+            run.log({"kind": "eval", "step": step, "accuracy": result.accuracy, **scores, **diagnostics})
             return result.accuracy
 
         pre_probe = None

@@ -41,3 +41,26 @@ def test_teaching_steps_naive_and_proxy_fda(tmp_path):
         page.get_by_text("step 200", exact=False).first.wait_for(timeout=120_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(SCREENSHOTS / "teaching_after_200_steps.png"), full_page=True)
+
+
+def test_drift_explorer_three_way_view(tmp_path):
+    """A naive and a FDA fine-tune of the same base, compared in the Drift Explorer's Three-way tab."""
+    import dataclasses
+
+    from conftest import TINY_FINETUNE
+    from proxyfda.training import finetune
+
+    specs = []
+    for method in ("naive", "fda"):
+        config = dataclasses.replace(TINY_FINETUNE, method=method, steps=20, batch_size=32,
+                                     classes_per_batch=8)
+        finetune(config, tmp_path / method)
+        specs.append(f"run:{tmp_path / method}")
+    link = (f"?data=digits:test&n=300&k=10&image_size=32&finetuned={specs[0]}&compare={specs[1]}")
+    with app_server() as url, chromium_page(height=1700) as page:
+        page.goto(f"{url}/{link}")
+        page.get_by_role("tab", name="Three-way").click(timeout=600_000)
+        page.wait_for_function(f"{CHARTS_DRAWN} >= 5", timeout=900_000, polling=500)  # 2 maps + 3 maps
+        page.get_by_text("Kept by both", exact=False).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SCREENSHOTS / "drift_three_way.png"), full_page=True)

@@ -244,3 +244,17 @@ def test_wise_curve_runs_from_the_pretrained_encoder_to_the_run(tiny_run):
     last = [r for r in run.records() if r.get("kind") == "eval"][-1]
     assert curve.accuracy[2] == pytest.approx(run.summary()["final_eval_accuracy"])
     assert curve.probe_overlap[2] == pytest.approx(last["probe_overlap"], abs=0.02)
+
+
+def test_a_probe_that_cannot_be_scored_is_logged_and_the_run_goes_on(tmp_path, monkeypatch):
+    from conftest import TINY_FINETUNE
+    from proxyfda import training
+
+    def collapsed(pre, now, images, k=10):
+        raise ProxyFDAError("y has all rows identical, so it has no geometry to compare")
+
+    monkeypatch.setattr(training, "probe_scores", collapsed)
+    result = training.finetune(TINY_FINETUNE, tmp_path / "run")
+    assert result.status == "completed"
+    evals = [r for r in Run.open(tmp_path / "run").records() if r["kind"] == "eval"]
+    assert len(evals) == 3 and all("all rows identical" in r["probe_problem"] for r in evals)
