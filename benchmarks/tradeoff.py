@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from forgetting import QUICK_HELD_OUT, ensure_run  # noqa: E402
 from proxyfda.config import FinetuneConfig  # noqa: E402
-from proxyfda.forgetting import forgetting_report, frontier  # noqa: E402
+from proxyfda.forgetting import forgetting_report, frontier, held_out_sets  # noqa: E402
 from proxyfda.interpolation import wise_run  # noqa: E402
 from proxyfda.runs import Run  # noqa: E402
 
@@ -95,6 +95,13 @@ def run_sweeps(sweeps, seeds, base: FinetuneConfig, runs_dir: Path) -> list[dict
     return rows
 
 
+def measured(run: Run, held_out: dict[str, int] | None, seed: int = 0) -> bool:
+    """Whether ``run`` already keeps a forgetting measurement on these held-out sets and seed."""
+    kept = run.forgetting()
+    return bool(kept) and kept.get("held_out_sizes") == (held_out or held_out_sets(run.config.data)) \
+        and kept.get("seed") == seed
+
+
 def measure(rows: list[dict], held_out: dict[str, int] | None, k: int = 10) -> list[dict]:
     """A_LP, ΔLP, OT and L2 distances (forgetting report), overlap@k to the pre-trained space on the first
     held-out set, and wall time, added to every row."""
@@ -102,9 +109,14 @@ def measure(rows: list[dict], held_out: dict[str, int] | None, k: int = 10) -> l
     from proxyfda.drift import compute_drift, encoder_features
 
     unique = list(dict.fromkeys(row["run"] for row in rows))
-    report = forgetting_report(unique, held_out=held_out, progress=lambda message: print(message, flush=True))
-    by_path = {str(path): entry for path, entry in zip(unique, report["runs"].values())}
-    first = (held_out and next(iter(held_out))) or report["held_out"][0]
+    # each run keeps its measurement (Run.save_forgetting): an interrupted sweep measures only the rest
+    todo = [path for path in unique if not measured(Run.open(path), held_out)]
+    if todo:
+        print(f"measuring forgetting of {len(todo)} of {len(unique)} runs", flush=True)
+        forgetting_report(todo, held_out=held_out, progress=lambda message: print(message, flush=True))
+    by_path = {path: Run.open(path).forgetting() for path in unique}
+    first = (held_out and next(iter(held_out))) or \
+        sorted({name for entry in by_path.values() for name in entry["delta_LP"] if name != "mean"})[0]
     images = load_images(first, n=(held_out or {}).get(first))
     for row in rows:
         entry, run = by_path[row["run"]], Run.open(row["run"])
