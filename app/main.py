@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:  # the pages import `app.*` and `proxyfda.*` from 
 
 import streamlit as st  # noqa: E402
 
+from app import session  # noqa: E402
 from app.routes import DRIFT_EXPLORER, LIVE_FINETUNE, PROXY_DEBUGGER, TEACHING  # noqa: E402
 
 st.set_page_config(page_title="proxyfda", page_icon=str(ROOT / "assets" / "icon.png"), layout="wide")
@@ -30,4 +31,5 @@ PAGES = {
     ],
 }
 
+session.keep_widget_values()  # a page's settings survive a visit to another page
 st.navigation(PAGES).run()

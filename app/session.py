@@ -51,3 +51,19 @@ def focus(n_points: int) -> int | None:
 
 def selection(n_points: int) -> list[int]:
     return [i for i in st.session_state.get(SELECTION_KEY, []) if 0 <= i < n_points]
+
+
+
+#: the pages whose widget values outlive a visit to another page, by key prefix, with their buttons'
+#: keys (a button's value cannot be written back)
+KEPT_PAGES = {"drift.cfg.": (), "drift.color_by": (), "drift.show_images": (), "live.cfg.": (),
+              "teach.": ("teach.step10", "teach.step100", "teach.reset"), "debug.": ("debug.compare",)}
+
+
+def keep_widget_values() -> None:
+    """Keep those pages' widget values while another page is shown. Streamlit forgets the state of
+    widgets that were not drawn in a run; writing each value back on every run (the router calls this)
+    stops that."""
+    for prefix, buttons in KEPT_PAGES.items():
+        for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix) and k not in buttons]:
+            st.session_state[key] = st.session_state[key]

@@ -211,3 +211,16 @@ def test_three_way_tab_compares_two_fine_tunes(tiny_run, tmp_path):
     at.run()
     keys = [c.key for c in at.get("plotly_chart")]
     assert {"drift.three.map_a", "drift.three.map_b", "drift.three.map_c"} <= set(keys)
+
+
+def test_the_sidebar_survives_a_visit_to_another_page(tiny_default):
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    for key, value in {**SMALL, "drift.cfg.k": 7}.items():
+        at.session_state[key] = value
+    at.run()
+    assert [m.label for m in at.metric][:1] == ["overlap@7"]
+    at.switch_page("../pages/teaching.py")
+    at.run()
+    at.switch_page("../pages/drift_explorer.py")
+    at.run()
+    assert not at.exception and at.slider(key="drift.cfg.k").value == 7 and at.text_input(key="drift.cfg.data").value == "digits:test"

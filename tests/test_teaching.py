@@ -80,3 +80,18 @@ def test_the_page_steps_both_runs_and_moves_the_anchor():
     assert not at.exception and all("step 100" in t for t in titles()[1:])  # moving the anchor does not reset
     at.button(key="teach.reset").click().run()
     assert all("step 0" in t for t in titles()[1:])
+
+
+def test_settings_and_the_toy_survive_a_visit_to_another_page():
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.switch_page("../pages/teaching.py")
+    at.run()
+    at.slider(key="teach.weight").set_value(3.5).run()
+    at.button(key="teach.step10").click().run()
+    at.switch_page("../pages/live_finetune.py")
+    at.run()
+    at.switch_page("../pages/teaching.py")
+    at.run()
+    assert not at.exception
+    assert at.slider(key="teach.weight").value == 3.5
+    assert all("step 10" in c.proto.spec for c in at.get("plotly_chart")[1:])
