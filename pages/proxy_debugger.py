@@ -6,7 +6,7 @@ import streamlit as st
 
 from proxyfda import proxy_debug
 from proxyfda.errors import ProxyFDAError
-from proxyfda.runs import list_runs, runs_root
+from proxyfda.runs import Run, list_runs, runs_root
 
 from app.debugger_views import anchor_view, distributions, effects_chart, proxy_map, proxy_view, similarity_scatter
 
@@ -107,8 +107,6 @@ with tab_batch:
     with right:
         st.plotly_chart(similarity_scatter(found, anchor), key="debug.sims")
     if state != proxy_debug.START:
-        from proxyfda.runs import Run
-
         history = Run.open(state).history()
         if "proxy_diversity" in history:
             evals = history[(history.kind == "eval") & history.proxy_diversity.notna()]
