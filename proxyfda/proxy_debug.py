@@ -31,12 +31,12 @@ from .methods import METHODS
 from .projection import linear_map
 from .runs import Run
 from .sampling import ClassBalancedSampler
+from .training import GENERATOR_LR
+from .validation import unit_rows
 
 START = "start"
 #: the options whose effect `option_effects` sweeps, with the values it tries by default
 EFFECT_VALUES: dict[str, tuple] = {"k": (4, 8, 16), "n_proxies": (1, 4, 8), "alpha": (0.0, 5.0, 20.0)}
-#: the generator's optimiser, as in training (`proxyfda.training.make_optimizers`)
-GENERATOR_LR = 1e-3
 
 
 @dataclass
@@ -158,7 +158,9 @@ def load_batch(state: str | Path = START, data: str | None = None, batch_size: i
     say("embedding the batch with the fine-tuned state", 0.5)
     ft = pre if ft_spec is None else encoder_features(ft_spec, images, image_size)
     say("embedded", 1.0)
-    return DebugBatch(images, _unit(pre), _unit(ft), name, step, options, generator_state)
+    fix = "these images have no features to compare; pick another batch seed"
+    return DebugBatch(images, unit_rows(pre, "the pre-trained batch", fix), unit_rows(ft, "the fine-tuned batch", fix),
+                      name, step, options, generator_state)
 
 
 def inspect_batch(batch: DebugBatch, options: dict | None = None, generator_steps: int = 0) -> Inspection:
@@ -224,7 +226,3 @@ def knob_defaults(batch: DebugBatch) -> dict[str, float]:
     loss = build_regularizer("proxy-fda", **batch.options)
     return {"k": loss.fda.k, "n_proxies": loss.generator.n_proxies, "alpha": loss.generator.alpha}
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)

@@ -26,12 +26,12 @@ from .errors import ProxyFDAError
 from .knn import knn_graph
 from .losses import build_regularizer
 from .metrics import knn_overlap
+from .training import GENERATOR_LR
 from .validation import check_choice
 
 TOY_METHODS = ("naive", "fda", "proxy-fda")
 #: the toy's training: Adam on the network and the task head (and the generator, as in training)
 TOY_LR = 0.01
-GENERATOR_LR = 1e-3
 TASK_SCALE = 5.0  # logits = 5 · head(direction): directions have norm 1, so the head needs some gain
 #: label smoothing bounds the margins the task asks for, so points do not run off to the horizon
 TASK_SMOOTHING = 0.2

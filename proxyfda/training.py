@@ -43,6 +43,8 @@ from .sampling import ClassBalancedSampler, EpochSampler
 #: evaluation keeps (``probe/`` in the run directory) and scores against the pre-trained ones
 PROBE_SIZE = 500
 PROBE_K = 10
+#: the proxy generator's own Adam learning rate (it trains on its own loss, beside the encoder)
+GENERATOR_LR = 1e-3
 
 
 def set_train_mode(encoder: Encoder, bn_mode: str, stochastic_layers: bool = False) -> None:
@@ -190,7 +192,7 @@ def make_optimizers(config: FinetuneConfig, encoder: Encoder, head: nn.Module, r
         ids = {id(p) for p in generator_params}
         groups.append({"params": [p for p in regularizer.parameters() if id(p) not in ids], "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    generator_opt = torch.optim.Adam(generator_params, lr=1e-3) if generator_params else None
+    generator_opt = torch.optim.Adam(generator_params, lr=GENERATOR_LR) if generator_params else None
     return optimizer, generator_opt
 
 

@@ -22,7 +22,8 @@ def synthetic_batch(seed: int = 0, ft_noise: float = 0.3) -> proxy_debug.DebugBa
     pre = centres[labels] + 0.5 * rng.normal(size=(B, D))
     ft = pre + ft_noise * rng.normal(size=(B, D))
     images = ImageSet([f"img{i}.png" for i in range(B)], labels, [str(c) for c in range(6)], "synthetic")
-    return proxy_debug.DebugBatch(images, proxy_debug._unit(pre), proxy_debug._unit(ft), "start", 0, {"k": 4})
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return proxy_debug.DebugBatch(images, unit(pre), unit(ft), "start", 0, {"k": 4})
 
 
 def test_the_inspection_reads_the_loss_records_and_they_agree_with_brute_force():
