@@ -103,8 +103,9 @@ def wise_curve(run_dir: str | Path, alphas: Sequence[float] = (0.0, 0.25, 0.5, 0
     say = progress or (lambda message, fraction: None)
     finetuned = create_encoder(source.spec)
     pretrained = create_encoder(source.config.base_encoder, image_size=finetuned.image_size)
-    head = nn.Linear(*reversed(source.checkpoint_state()["head"]["weight"].shape))
-    head.load_state_dict(source.checkpoint_state()["head"])
+    head_state = source.checkpoint_state()["head"]
+    head = nn.Linear(*reversed(head_state["weight"].shape))
+    head.load_state_dict(head_state)
     eval_set = load_images(source.config.eval_data, n=source.config.eval_size, seed=source.config.seed)
     if source.probe_steps():
         rows, pre = source.probe_rows(), source.probe_features(0)  # what the run's own curves used
