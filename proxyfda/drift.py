@@ -323,7 +323,7 @@ class ThreeWay:
     def split(self, i: int) -> dict[str, np.ndarray]:
         """Point i's pre-trained neighbours (in pre-trained order) by who kept them: both, b only, c only, neither."""
         pre = self.b.graph_a.indices[i]
-        in_b, in_c = np.isin(pre, self.b.graph_b.indices[i]), np.isin(pre, self.c.graph_b.indices[i])
+        in_b, in_c = (kept[i] for kept in self._kept())
         return {"both": pre[in_b & in_c], f"{self.name_b} only": pre[in_b & ~in_c],
                 f"{self.name_c} only": pre[~in_b & in_c], "neither": pre[~in_b & ~in_c]}
 
@@ -342,10 +342,13 @@ class ThreeWay:
         (out / "three_way.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return out
 
-    def _only_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    def _kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """[N, k] masks over each point's pre-trained neighbours: still a neighbour under b, under c."""
         pre = self.b.graph_a.indices
-        in_b = (pre[:, :, None] == self.b.graph_b.indices[:, None, :]).any(-1)
-        in_c = (pre[:, :, None] == self.c.graph_b.indices[:, None, :]).any(-1)
+        return tuple((pre[:, :, None] == r.graph_b.indices[:, None, :]).any(-1) for r in (self.b, self.c))
+
+    def _only_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        in_b, in_c = self._kept()
         return (in_b & ~in_c).sum(1), (~in_b & in_c).sum(1)
 
 

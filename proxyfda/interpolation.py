@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import nn
 
-from .data import balanced_sample, load_images
+from .data import load_images
 from .errors import ProxyFDAError
 from .runs import WISE, Run, RunWriter
 
@@ -95,7 +95,7 @@ def wise_curve(run_dir: str | Path, alphas: Sequence[float] = (0.0, 0.25, 0.5, 0
     import pandas as pd
 
     from .encoders import create_encoder
-    from .training import PROBE_SIZE, eval_pass, probe_scores
+    from .training import choose_probe, eval_pass, probe_scores
 
     source = Run.open(run_dir)
     if source.method == "safe":
@@ -110,7 +110,7 @@ def wise_curve(run_dir: str | Path, alphas: Sequence[float] = (0.0, 0.25, 0.5, 0
     if source.probe_steps():
         rows, pre = source.probe_rows(), source.probe_features(0)  # what the run's own curves used
     else:  # a run from before probe snapshots: the probe its training would have drawn
-        rows = balanced_sample(eval_set.labels, PROBE_SIZE, source.config.seed)
+        rows = choose_probe(eval_set, source.config.seed)
         pre = eval_pass(pretrained, head, eval_set).features[rows]
     result = []
     for i, alpha in enumerate(sorted(alphas)):

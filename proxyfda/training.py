@@ -94,6 +94,11 @@ def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: in
     return eval_pass(encoder, head, images, batch_size).accuracy
 
 
+def choose_probe(eval_set: ImageSet, seed: int) -> np.ndarray:
+    """The rows of ``eval_set`` a run keeps as its probe set: up to `PROBE_SIZE`, class-balanced."""
+    return balanced_sample(eval_set.labels, PROBE_SIZE, seed)
+
+
 def probe_scores(pre: np.ndarray, now: np.ndarray, images: ImageSet, k: int = PROBE_K) -> dict[str, float]:
     """How much of the pre-trained probe space survives: mean overlap@k, CKNNA and linear CKA, as logged
     with every evaluation (``probe_overlap``, ``probe_cknna``, ``probe_cka``)."""
@@ -233,7 +238,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     frozen = copy.deepcopy(encoder).requires_grad_(False) if getattr(regularizer, "input_kind", "") == "taps" else None
     set_train_mode(encoder, config.bn_mode, config.stochastic_layers)
 
-    probe_rows = balanced_sample(eval_set.labels, PROBE_SIZE, config.seed)
+    probe_rows = choose_probe(eval_set, config.seed)
     probe_set = eval_set.subset(probe_rows)
 
     with RunWriter(run_dir, config, callback) as run:
