@@ -8,7 +8,7 @@ from proxyfda.drift import encoder_names, three_way
 from proxyfda.errors import ProxyFDAError
 from proxyfda.projection import cached_pair
 
-from app import session
+from app import guard, session
 from app.drift_controls import drift_controls
 from app.linked_maps import render_linked_maps
 from app.neighbours import neighbour_panel, selection_grid
@@ -25,7 +25,9 @@ st.caption("The same images through a pre-trained and a fine-tuned encoder: whic
 config, color_by, show_images = drift_controls()
 
 try:
+    guard.check_drift_config(config)
     images = get_images(config.data, config.n, config.seed)
+    guard.check_count(len(images))
     if images.skipped:
         st.warning(f"{len(images.skipped)} files in {config.data} were skipped (not images or unreadable).")
         with st.expander("Skipped files"):

@@ -13,6 +13,7 @@ from proxyfda.interpolation import wise_curve
 from proxyfda.live import LiveJob, LiveTrainer, runs_table
 from proxyfda.runs import list_runs, runs_root
 
+from app import guard
 from app.live_controls import live_controls
 from app.live_views import format_eta, tradeoff_figure, training_curves, wise_figure
 from app.routes import DRIFT_EXPLORER, TRADEOFF_RESULTS
@@ -38,6 +39,7 @@ config, start = live_controls()
 
 if start:
     try:
+        guard.check_finetune_config(config)
         st.session_state[JOB_KEY] = live.submit(config, owner).id
     except ProxyFDAError as exc:
         st.error(f"{exc}")

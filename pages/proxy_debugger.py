@@ -8,6 +8,7 @@ from proxyfda import proxy_debug
 from proxyfda.errors import ProxyFDAError
 from proxyfda.runs import Run, list_runs, runs_root
 
+from app import guard
 from app.debugger_views import anchor_view, distributions, effects_chart, proxy_map, proxy_view, similarity_scatter
 
 PREFIX = "debug."
@@ -50,6 +51,7 @@ elif "run" in st.query_params:
     del st.query_params["run"]
 
 try:
+    guard.check_specs(data=[data])
     with st.spinner("Embedding the batch with both encoders…"):
         batch = cached_batch(state, data.strip(), batch_size, seed)
 except ProxyFDAError as exc:

@@ -219,20 +219,33 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print("ready")
 
 
-def streamlit_command(port: int, headless: bool, address: str | None = None) -> list[str]:
-    """The ``streamlit run`` command line of the app with its settings: no usage statistics, and the
-    toolbar without Streamlit's "Deploy" button (a local tool deploys nothing)."""
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(port),
-               "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false",
-               "--client.toolbarMode", "minimal"]
-    return command + (["--server.address", address] if address else [])
+LOOPBACK = "127.0.0.1"
+
+
+def streamlit_command(port: int, headless: bool, address: str = LOOPBACK) -> list[str]:
+    """The ``streamlit run`` command line of the app. Its other settings (no e-mail prompt, no usage
+    statistics, no "Deploy" button, the theme) ship in ``app/.streamlit/config.toml``."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(port),
+            "--server.headless", "true" if headless else "false", "--server.address", address]
 
 
 def cmd_app(args: argparse.Namespace) -> None:
+    from .paths import ALLOW_ENV
+
     if not APP_ENTRY.exists():
         raise ProxyFDAError(f"the app's entry point {APP_ENTRY} is missing: install proxyfda from a checkout "
                             "with `pip install -e .`")
-    command = streamlit_command(args.port, args.headless)
+    if args.host != LOOPBACK:
+        print(f"proxyfda: warning: the app will answer on {args.host}, not only on this machine; it has no login, "
+              "so anyone who can reach that address can use it (and read the folders it is allowed to)",
+              file=sys.stderr)
+    folders = [Path(folder).expanduser() for folder in args.allow]
+    missing = [str(folder) for folder in folders if not folder.is_dir()]
+    if missing:
+        raise ProxyFDAError(f"--allow needs existing folders; not found: {', '.join(missing)}")
+    if folders:
+        os.environ[ALLOW_ENV] = os.pathsep.join(str(folder.resolve()) for folder in folders)
+    command = streamlit_command(args.port, args.headless, args.host)
     os.execv(command[0], command)
 
 
@@ -278,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="start the Streamlit app")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.add_argument("--host", default=LOOPBACK, help=f"the address to answer on (default {LOOPBACK}: this machine "
+                   "only; anything else lets other machines in, with no login)")
+    p.add_argument("--allow", action="append", default=[], metavar="DIR",
+                   help="a folder the app may read images and runs from, besides $PROXYFDA_DATA "
+                        "(default ~/proxyfda-data), the runs folder and the cache (repeatable)")
     p.set_defaults(func=cmd_app)
     return parser
 

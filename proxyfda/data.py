@@ -276,8 +276,9 @@ def load_images(spec: str, n: int | None = None, seed: int = 0) -> ImageSet:
     ``name`` alone means the test split for bundled sets.
     """
     spec = spec.strip()
-    if spec.startswith("folder:"):
-        images = load_folder(spec.removeprefix("folder:"))
+    folder = spec_path(spec)
+    if folder is not None:
+        images = load_folder(folder)
     else:
         name, _, split = spec.partition(":")
         split = split or "test"
@@ -294,6 +295,12 @@ def load_images(spec: str, n: int | None = None, seed: int = 0) -> ImageSet:
         picked.spec = images.spec
         images = picked
     return images
+
+
+def spec_path(spec: str) -> Path | None:
+    """The folder a data spec reads (``folder:PATH``), or None for a bundled set."""
+    spec = spec.strip()
+    return Path(spec.removeprefix("folder:")).expanduser() if spec.startswith("folder:") else None
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

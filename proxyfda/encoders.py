@@ -139,6 +139,21 @@ def spec_fingerprint(spec: str, image_size: int | None = None) -> str | None:
         return None
 
 
+def spec_paths(spec: str) -> list[Path]:
+    """The files and folders on disk that ``spec`` names (a run's folder, a checkpoint, a SAFE result),
+    without reading them: what the app confines to its allowed folders. Hub tags and ``none`` name no path."""
+    prefix, _, arg = canonical_spec(spec).partition(":")
+    if prefix == "open_clip":
+        arg = arg.partition(":")[2]
+        if arg and not _looks_like_path(arg):
+            return []
+    return [Path(arg).expanduser()] if arg else []
+
+
+def _looks_like_path(text: str) -> bool:
+    return any(sep in text for sep in ("/", "\\")) or text.startswith(("~", ".")) or Path(text).exists()
+
+
 def _weights_files(spec: str) -> list[Path] | None:
     prefix, _, arg = spec.partition(":")
     if prefix == "run":

@@ -23,6 +23,33 @@ def cache_dir() -> Path:
     return path
 
 
+def data_dir() -> Path:
+    """The folder the app may read image folders from by default: $PROXYFDA_DATA, else ~/proxyfda-data."""
+    return Path(os.environ.get("PROXYFDA_DATA") or Path.home() / "proxyfda-data").expanduser()
+
+
+#: the environment variable `proxyfda app --allow DIR` sets: more folders the app may read (os.pathsep-separated)
+ALLOW_ENV = "PROXYFDA_ALLOW"
+
+
+def extra_roots() -> list[Path]:
+    """The folders added with ``proxyfda app --allow`` (``$PROXYFDA_ALLOW``)."""
+    return [Path(part).expanduser() for part in os.environ.get(ALLOW_ENV, "").split(os.pathsep) if part]
+
+
+def confine(path: str | Path, roots: list[Path]) -> Path:
+    """``path`` resolved (``~``, ``..`` and symlinks followed), or a clear error when it lies outside every
+    folder in ``roots``. The app calls this on every path a visitor types, so a browser cannot reach the
+    rest of the server's disk."""
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).expanduser().resolve()):
+            return resolved
+    allowed = ", ".join(str(root) for root in roots) or "none"
+    raise ProxyFDAError(f"'{path}' is outside the folders this app may read ({allowed}); move the files into one "
+                        "of them, or start the app with `proxyfda app --allow DIR` to add a folder")
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write a file so that a crash mid-write leaves the previous version intact.
 

@@ -27,6 +27,8 @@ TINY_FINETUNE = FinetuneConfig(data="digits:train", eval_data="digits:test", ima
 def session_cache(tmp_path_factory) -> Path:
     root = Path(os.environ.get("PROXYFDA_CACHE") or tmp_path_factory.mktemp("proxyfda-cache"))
     os.environ["PROXYFDA_CACHE"] = str(root)
+    # the app reads only its allowed folders (app.guard): tests keep their runs and image folders in tmp_path
+    os.environ["PROXYFDA_ALLOW"] = str(tmp_path_factory.getbasetemp())
     return root
 
 

@@ -111,10 +111,15 @@ def test_maps_from_cache_and_injected_selection(tiny_default):
 @pytest.mark.parametrize("state, message", [
     ({"drift.cfg.data": "imagenet"}, "unknown data set"),
     ({"drift.cfg.n": 8, "drift.cfg.k": 10}, "k must be smaller"),
-    ({"drift.cfg.finetuned": "run:/nowhere"}, "not a proxyfda run directory"),
+    ({"drift.cfg.finetuned": "run:{cache}/nowhere"}, "not a proxyfda run directory"),
+    ({"drift.cfg.data": "folder:/etc"}, "outside the folders this app may read"),
+    ({"drift.cfg.finetuned": "run:/etc"}, "outside the folders this app may read"),
+    ({"drift.cfg.pretrained": "efficientnet-lite0:{cache}/../../../../../../../../../../etc/passwd"}, "outside the folders"),
+    ({"drift.cfg.n": 10**9}, "more than this app embeds"),
 ])
 def test_bad_input_is_a_clear_error_not_a_crash(tiny_default, state, message):
-    at = page(**state)
+    at = page(**{key: value.format(cache=tiny_default) if isinstance(value, str) else value
+                 for key, value in state.items()})
     assert not at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
 
