@@ -48,7 +48,7 @@ def _marker_colors(color_by: str, labels: np.ndarray, class_names: Sequence[str]
         scale = [[edge, palette[min(i, n - 1)]] for i in range(n) for edge in (i / n, (i + 1) / n)]
         return dict(color=labels, colorscale=scale, cmin=-0.5, cmax=n - 0.5,
                     colorbar=dict(tickvals=list(range(n)), ticktext=list(class_names), thickness=10))
-    if color_by == "L2 drift":
+    if color_by == "L2 drift" and np.isfinite(l2).any():  # NaN: spaces of different widths have no L2 drift
         return dict(color=l2, colorscale="Magma", reversescale=True, colorbar=dict(title="L2", thickness=10))
     return dict(color=overlap, colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title="overlap@k", thickness=10))
 

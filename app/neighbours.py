@@ -28,6 +28,11 @@ def _captions(images: ImageSet, ids: Sequence[int], sims: dict[int, float]) -> l
             f"{int(i)} · {images.class_of(int(i))}" for i in ids]
 
 
+def _l2_text(value: float) -> str:
+    """A point's L2 drift, or why it has none (spaces of different widths)."""
+    return f"{value:.3f}" if np.isfinite(value) else "n/a (the two spaces differ in width)"
+
+
 def neighbour_panel(report: DriftReport, images: ImageSet, row: int, show_images: bool = True) -> None:
     """The focused point and its k nearest neighbours in each original (high-dimensional) space."""
     split = report.neighbours(row)
@@ -39,7 +44,7 @@ def neighbour_panel(report: DriftReport, images: ImageSet, row: int, show_images
     with info:
         st.markdown(f"**Point {row}** · class **{images.class_of(row)}** · overlap@{report.k} = "
                     f"**{report.overlap[row]:.2f}** (random: {report.metrics['overlap_at_k_random_baseline']:.3f}) · "
-                    f"Jaccard {report.jaccard[row]:.2f} · L2 drift {report.l2_drift[row]:.3f}")
+                    f"Jaccard {report.jaccard[row]:.2f} · L2 drift {_l2_text(report.l2_drift[row])}")
         st.caption("Neighbours by cosine similarity in the full feature spaces; captions: id · class · similarity "
                    "(pre-trained for kept and lost, fine-tuned for gained).")
     kept, lost, gained = st.columns(3)

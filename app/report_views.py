@@ -41,9 +41,12 @@ def metrics_panel(report: DriftReport) -> None:
              ("trustworthiness", "trustworthiness", "trustworthiness"), ("continuity", "continuity", "continuity"),
              ("linear CKA", "linear_cka", "cka"), ("CKNNA", "cknna", "cknna"),
              ("Procrustes disparity", "procrustes_disparity", "procrustes"), ("mean L2 drift", "mean_l2_drift", "l2"))
+    omitted = m.get("omitted", {})
     for column, (label, key, help_key) in zip(neighbourhood[1:] + geometry, shown):
-        column.metric(label, f"{m[key]:.3f}" if key in m else "n/a", help=METRIC_HELP[help_key])
+        column.metric(label, f"{m[key]:.3f}" if key in m else "n/a", help=omitted.get(key, METRIC_HELP[help_key]))
     st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
+    if omitted:
+        st.caption("Not computed: " + "; ".join(omitted.values()) + ".")
 
 
 def most_drifted_table(report: DriftReport, top: int = 50) -> None:

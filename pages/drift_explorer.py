@@ -82,8 +82,13 @@ def explore(maps) -> None:
 
 
 def pair_maps(x_b, key: tuple, pending: bool):
-    """The maps of (x_a, x_b): from the cache, or a background job (polled when ``pending``)."""
-    found = cached_pair(x_a, x_b, method=config.projection, seed=config.seed)
+    """The maps of (x_a, x_b): from the cache, or a background job (polled when ``pending``); None, with
+    the reason shown, when there are too few images for a map."""
+    try:
+        found = cached_pair(x_a, x_b, method=config.projection, seed=config.seed)
+    except ProxyFDAError as exc:
+        st.info(f"No 2D maps: {exc}.")
+        return None
     if found is not None:
         return found
     key = key + (config.projection, config.seed)

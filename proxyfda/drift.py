@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .backbones import Encoder
 
 #: bump when what `compute_drift` computes changes: reports cached by older code are then not read
-REPORT_VERSION = "drift-v2"
+REPORT_VERSION = "drift-v3"
 
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
@@ -54,8 +54,9 @@ class DriftReport:
     overlap: np.ndarray  # overlap@k per point: |N_a ∩ N_b| / k
     jaccard: np.ndarray
     order: np.ndarray  # order agreement per point: LCS of the two ranked neighbour lists / k
-    l2_drift: np.ndarray  # per-point distance between the L2-normalised features
-    metrics: dict[str, float | int | str]
+    l2_drift: np.ndarray  # per-point distance between the L2-normalised features; NaN when the widths differ
+    # global scores, and under "omitted" each score left out of this report with the reason
+    metrics: dict[str, float | int | str | dict[str, str]]
     class_table: pd.DataFrame
     config: DriftConfig | None = None
 
@@ -105,6 +106,10 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     Everything is checked here, once: both feature arrays (finite, one row per label, no all-zero
     row), k against the number of points, the backend (resolved to a concrete one). The graphs and
     rank scores below then run on the checked unit rows without checking again.
+
+    Spaces of different widths (e.g. a 512-d and a 1280-d encoder) get every score but the per-point
+    L2 drift, which compares a point's two vectors coordinate by coordinate: it is NaN per point and
+    left out of the metrics. Each score left out is named in ``metrics["omitted"]`` with the reason.
     """
     fix = "drop the images whose features are all zero"
     a, b = check_features(x_a, "x_a", np.float64), check_features(x_b, "x_b", np.float64)
@@ -119,8 +124,9 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
     order = M.order_agreement(graph_a.indices, graph_b.indices)
-    l2 = np.linalg.norm(unit_a - unit_b, axis=1)
-    metrics: dict[str, float | int | str] = {
+    omitted = omitted_scores(n, k, a.shape[1], b.shape[1])
+    l2 = np.full(n, np.nan) if "mean_l2_drift" in omitted else np.linalg.norm(unit_a - unit_b, axis=1)
+    metrics: dict[str, float | int | str | dict[str, str]] = {
         "n": n,
         "k": k,
         "knn_backend": backend,
@@ -130,17 +136,38 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         "order_agreement_mean": float(order.mean()),
         "linear_cka": M.linear_cka(a, b),
         "procrustes_disparity": M.procrustes_disparity(a, b),
-        "mean_l2_drift": float(l2.mean()),
     }
-    if n >= 4:  # the unbiased estimate needs it
+    if "mean_l2_drift" not in omitted:
+        metrics["mean_l2_drift"] = float(l2.mean())
+    if "cknna" not in omitted:
         metrics["cknna"] = M.cknna(None, None, k, graphs=(graph_a, graph_b))
-    if k < n / 2:  # the definition of trustworthiness needs it
+    if "trustworthiness" not in omitted:
         metrics["trustworthiness"], metrics["continuity"] = M.rank_preservation(
             unit_a, unit_b, graph_a.indices, graph_b.indices)
+    if omitted:
+        metrics["omitted"] = omitted
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
     return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
                        overlap=overlap, jaccard=jaccard, order=order, l2_drift=l2, metrics=metrics, class_table=class_table,
                        config=config)
+
+
+def omitted_scores(n: int, k: int, width_a: int, width_b: int) -> dict[str, str]:
+    """The global scores a report of ``n`` points, ``k`` neighbours and these feature widths cannot
+    have, each with the reason in a sentence (shown by the CLI and the Drift Explorer)."""
+    omitted = {}
+    if width_a != width_b:
+        omitted["mean_l2_drift"] = (f"L2 drift compares a point's two feature vectors coordinate by coordinate, "
+                                    f"which needs the same width in both spaces (pre-trained {width_a}, "
+                                    f"fine-tuned {width_b})")
+    if n < 4:
+        omitted["cknna"] = f"CKNNA's unbiased estimate needs at least 4 points (N={n})"
+    if k >= n / 2:
+        why = (f"needs k < N/2 (k={k}, N={n}), where its normalisation by the worst possible score holds; "
+               f"use k ≤ {(n - 1) // 2} to get it")
+        omitted["trustworthiness"] = f"trustworthiness {why}"
+        omitted["continuity"] = f"continuity {why}"
+    return omitted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,16 +190,17 @@ def permuted_scores(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permu
     inverse[permutation] = np.arange(n)
     idx_b = inverse[report.graph_b.indices[permutation]]
     graph_b = KnnGraph(idx_b, report.graph_b.similarities[permutation])
-    unit_a = unit_rows(np.asarray(x_a, np.float64), "x_a", "")
-    unit_b = unit_rows(np.asarray(x_b, np.float64)[permutation], "x_b", "")
     scores = {
         "overlap_at_k_mean": float(M.knn_overlap(report.graph_a.indices, idx_b).mean()),
         "jaccard_mean": float(M.jaccard(report.graph_a.indices, idx_b).mean()),
         "order_agreement_mean": float(M.order_agreement(report.graph_a.indices, idx_b).mean()),
         "linear_cka": M.linear_cka(x_a, np.asarray(x_b)[permutation]),
-        "mean_l2_drift": float(np.linalg.norm(unit_a - unit_b, axis=1).mean()),
     }
-    if n >= 4:
+    if "mean_l2_drift" in report.metrics:
+        unit_a = unit_rows(np.asarray(x_a, np.float64), "x_a", "")
+        unit_b = unit_rows(np.asarray(x_b, np.float64)[permutation], "x_b", "")
+        scores["mean_l2_drift"] = float(np.linalg.norm(unit_a - unit_b, axis=1).mean())
+    if "cknna" in report.metrics:
         scores["cknna"] = M.cknna(None, None, k, graphs=(report.graph_a, graph_b))
     return scores
 
@@ -247,8 +275,17 @@ def _read_report(path: Path, labels: np.ndarray, class_names: list[str], config:
 
 
 def load_drift_images(config: DriftConfig) -> ImageSet:
-    """The image set a drift config compares (a class-balanced sample of ``config.n`` images)."""
-    return load_images(config.data, n=config.n or None, seed=config.seed)
+    """The image set a drift config compares (a class-balanced sample of ``config.n`` images).
+
+    ``config.k`` is checked against the number of images here, before any encoder runs, so a k too
+    large for the data fails at once with the largest usable k.
+    """
+    images = load_images(config.data, n=config.n or None, seed=config.seed)
+    try:
+        check_k(config.k, len(images))
+    except ProxyFDAError as exc:
+        raise ProxyFDAError(f"{config.data} gave {len(images)} images (n={config.n or 'all'}): {exc}") from None
+    return images
 
 
 def encoder_features(spec: str, images: ImageSet, image_size: int | None,

@@ -10,6 +10,7 @@ features, their regularisation chosen on a validation split and then refitted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -142,12 +143,34 @@ def _correlation(xs: list[float], ys: list[float]) -> dict[str, float] | None:
     return {"pearson": float(pearsonr(xs, ys)[0]), "spearman": float(spearmanr(xs, ys)[0]), "n_runs": len(xs)}
 
 
+def run_names(paths: list) -> list[str]:
+    """One name per run directory: its folder name, or, where runs share a folder name, the shortest
+    path suffix that tells them apart (runs/a/naive and runs/b/naive -> a/naive and b/naive).
+
+    A directory listed twice cannot be told apart from itself and is refused.
+    """
+    resolved = [Path(p).expanduser().resolve() for p in paths]
+    parts = [path.parts[1:] for path in resolved]  # without the root, so a suffix never starts with "/"
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(pieces[-d:]) for pieces, d in zip(parts, depth)]
+        clashing = [i for i, name in enumerate(names) if names.count(name) > 1]
+        if not clashing:
+            return names
+        if all(depth[i] >= len(parts[i]) for i in clashing):
+            raise ProxyFDAError(f"the run directory {resolved[clashing[0]]} is listed more than once; "
+                                "give each run once")
+        for i in clashing:
+            depth[i] = min(depth[i] + 1, len(parts[i]))
+
+
 def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, seed: int = 0,
                       progress=None) -> dict:
     """A_LP, ΔLP per held-out set (and their mean), OTDD and L2 feature distances, for each run.
 
     With three runs or more, also the correlation of ΔLP with OTDD and with L2 across runs. Each run
-    keeps its own measurement (`Run.save_forgetting`), so a runs table can show it later.
+    keeps its own measurement (`Run.save_forgetting`), so a runs table can show it later. Runs are
+    keyed by `run_names`: their folder names, lengthened into paths only where two would clash.
     """
     from .backbones import OpenClipEncoder
     from .data import load_images
@@ -182,9 +205,10 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         return pre_cache[key]
 
     runs: dict[str, dict] = {}
-    for run in map(Run.open, run_dirs):
+    opened = [Run.open(run_dir) for run_dir in run_dirs]
+    for name, run in zip(run_names([run.path for run in opened]), opened):
         config = run.config
-        say(f"{run.name}: probing")
+        say(f"{name}: probing")
         finetuned = create_encoder(run.spec)
         size = finetuned.image_size
         task = images(config.eval_data, None)
@@ -206,7 +230,7 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
         if isinstance(finetuned, OpenClipEncoder):  # a text tower: zero-shot accuracy is a second measure
             entry["zero_shot"] = _zero_shot(pretrained(config.base_encoder, size), finetuned,
                                             {spec: images(spec, n) for spec, n in sets.items()})
-        runs[run.name] = entry
+        runs[name] = entry
         run.save_forgetting({**entry, "held_out_sizes": sets, "seed": seed})
     report: dict = {"runs": runs, "held_out": sorted({s for r in runs.values() for s in r["delta_LP"] if s != "mean"})}
     deltas = [r["delta_LP"]["mean"] for r in runs.values()]

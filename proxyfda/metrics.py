@@ -14,7 +14,7 @@ import pandas as pd
 from .errors import ProxyFDAError
 from .knn import knn_graph
 from .validation import (check_block_size, check_choice, check_features, check_graph, check_graphs, check_k,
-                         check_same_n, unit_rows)
+                         check_same_n, rescaled, row_norms, unit_rows)
 
 #: float64 elements of one [block, N] distance block in the rank computation (64 MB)
 _RANK_BLOCK_ELEMENTS = 1 << 23
@@ -25,7 +25,8 @@ _RANK_BLOCK_ELEMENTS = 1 << 23
 def knn_overlap(idx_a: Any, idx_b: Any) -> np.ndarray:
     """overlap@k per point: |N_a(i) ∩ N_b(i)| / k, the share of i's k neighbours found in both graphs.
 
-    Not Jaccard (see `jaccard`). Rows of a kNN graph hold distinct indices, which this relies on.
+    Not Jaccard (see `jaccard`). Rows of a kNN graph hold distinct indices; a row that repeats one is
+    refused with its row number (`proxyfda.validation.check_graph`).
     """
     a, b = check_graphs(idx_a, idx_b)
     return _shared_counts(a, b) / a.shape[1]
@@ -98,6 +99,8 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
     if metric == "cosine":
         fix = "drop those points or use metric='euclidean'"
         ranked, searched = unit_rows(ranked, names[0], fix), unit_rows(searched, names[1], fix)
+    else:  # ranks ignore a common scale, and rescaling keeps the float32 search and squared distances finite
+        ranked, searched = rescaled(ranked), rescaled(searched)
     if neighbours is None:  # on unit rows the inner product orders neighbours as cosine does
         neighbours = knn_graph(searched, k, metric="l2" if metric == "euclidean" else "ip").indices
     block_size = check_block_size(block_size, max(1, _RANK_BLOCK_ELEMENTS // n))
@@ -171,9 +174,11 @@ def linear_cka(x: Any, y: Any) -> float:
     """Linear CKA of [N, d1] and [N, d2] features: 1 = same geometry up to rotation and isotropic scale.
 
     Uses the feature-space form ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) of the centred data: O(N d²), float64.
+    Each space is rescaled first (CKA ignores scale), so features near 1e200 or 1e-200, whose
+    fourth powers are out of float64's range, still give the exact value.
     """
     a, b = _paired(x, y)
-    a, b = _centred(a, "x"), _centred(b, "y")
+    a, b = _centred(rescaled(a), "x"), _centred(rescaled(b), "y")
     cross = np.linalg.norm(b.T @ a) ** 2
     return float(cross / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)))
 
@@ -183,10 +188,11 @@ def procrustes_disparity(x: Any, y: Any) -> float:
     to unit Frobenius norm and the best orthogonal map + scale; 0 = same shape. Invariant to translation,
     rotation and scale. Different widths behave as if the smaller were zero-padded.
 
-    With unit-norm X, Y the optimum is 1 - (nuclear norm of XᵀY)², so no rotated copy is built.
+    With unit-norm X, Y the optimum is 1 - (nuclear norm of XᵀY)², so no rotated copy is built. Each
+    space is rescaled first, as in `linear_cka`, so its Frobenius norm cannot overflow.
     """
     a, b = _paired(x, y)
-    a, b = _unit_frobenius(_centred(a, "x")), _unit_frobenius(_centred(b, "y"))
+    a, b = _unit_frobenius(_centred(rescaled(a), "x")), _unit_frobenius(_centred(rescaled(b), "y"))
     nuclear = np.linalg.svd(a.T @ b, compute_uv=False).sum()
     return float(max(0.0, 1.0 - nuclear ** 2))
 
@@ -201,7 +207,7 @@ def mean_l2_drift(x_a: Any, x_b: Any, normalize: bool = True) -> float:
     if normalize:
         fix = "drop those points or pass normalize=False"
         a, b = unit_rows(a, "x_a", fix), unit_rows(b, "x_b", fix)
-    return float(np.linalg.norm(a - b, axis=1).mean())
+    return float(row_norms(a - b).mean())
 
 
 def _paired(x: Any, y: Any, name_x: str = "x", name_y: str = "y") -> tuple[np.ndarray, np.ndarray]:
@@ -233,10 +239,11 @@ def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> 
     ``graphs`` (the two `KnnGraph`s of the L2-normalised rows, e.g. a `DriftReport`'s) skips the
     search. 1 = the same local geometry; about 0 for unrelated spaces.
     """
-    if graphs is None:
+    if graphs is None:  # unit rows first: cosine neighbours ignore scale, and huge features fit float32 then
         a, b = _paired(x_a, x_b, "x_a", "x_b")
         k = check_k(k, len(a))
-        graphs = (knn_graph(a, k), knn_graph(b, k))
+        fix = "drop those points"
+        graphs = (knn_graph(unit_rows(a, "x_a", fix), k), knn_graph(unit_rows(b, "x_b", fix), k))
     graph_a, graph_b = graphs
     a_idx, a_sim = np.asarray(graph_a.indices)[:, :k], np.asarray(graph_a.similarities, np.float64)[:, :k]
     b_idx, b_sim = np.asarray(graph_b.indices)[:, :k], np.asarray(graph_b.similarities, np.float64)[:, :k]

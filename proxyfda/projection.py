@@ -31,6 +31,8 @@ from .config import PROJECTION_METHODS
 from .errors import ProxyFDAError
 from .paths import atomic_write_bytes, cache_dir
 PROJECTION_VERSION = "v1"
+#: UMAP's spectral start needs more points than the map's two dimensions + 1
+MIN_POINTS = 4
 
 _warm = threading.Event()
 _warm_lock = threading.Lock()
@@ -75,16 +77,26 @@ def _cache_path(arrays: list[np.ndarray], params: dict) -> Path:
     return cache_dir() / "projections" / f"{digest.hexdigest()}.npz"
 
 
-def _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed) -> Path:
+def neighbours_for(n_points: int, n_neighbors: int) -> int:
+    """The UMAP neighbour count used for ``n_points`` points: ``n_neighbors``, lowered to n_points − 1 for
+    a small image set (UMAP cannot look further than every other point), so a few images still get
+    maps; fewer than `MIN_POINTS` are refused with a clear error."""
+    if n_points < MIN_POINTS:
+        raise ProxyFDAError(f"the 2D maps need at least {MIN_POINTS} images, got {n_points}; use more images "
+                            "(the kNN drift scores do not need the maps)")
+    return min(n_neighbors, n_points - 1)
+
+
+def _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed) -> tuple[Path, int]:
+    """The cache file of a pair of maps and the neighbour count they are fitted with."""
     if method not in PROJECTION_METHODS:
         raise ProxyFDAError(f"unknown projection method '{method}'; use one of {', '.join(PROJECTION_METHODS)}")
     if len(x_a) != len(x_b):
         raise ProxyFDAError(f"both spaces need the same points: got {len(x_a)} and {len(x_b)} rows")
-    if len(x_a) <= n_neighbors:
-        raise ProxyFDAError(f"UMAP needs more points ({len(x_a)}) than n_neighbors ({n_neighbors})")
+    n_neighbors = neighbours_for(len(x_a), n_neighbors)
     params = {"method": method, "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "seed": seed,
               "version": PROJECTION_VERSION}
-    return _cache_path([x_a, x_b], params)
+    return _cache_path([x_a, x_b], params), n_neighbors
 
 
 def _read_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +107,7 @@ def _read_pair(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def cached_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neighbors: int = 15,
                 min_dist: float = 0.1, metric: str = "cosine", seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """The maps `project_pair` would return, if they are in the disk cache; None otherwise (never fits)."""
-    path = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
+    path, _ = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
     return _read_pair(path) if path.exists() else None
 
 
@@ -104,9 +116,10 @@ def project_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neigh
                  progress: Callable[[str], None] | None = None, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """2D maps [N, 2] of two feature arrays over the same N points, aligned to each other.
 
-    Results are cached on disk by the arrays' content and the parameters.
+    Results are cached on disk by the arrays' content and the parameters. Fewer points than
+    ``n_neighbors`` lower it (`neighbours_for`).
     """
-    path = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
+    path, n_neighbors = _checked_cache_path(x_a, x_b, method, n_neighbors, min_dist, metric, seed)
     if use_cache and path.exists():
         return _read_pair(path)
     say = progress or (lambda message: None)
@@ -119,7 +132,8 @@ def project_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neigh
 
         say("Fitting AlignedUMAP over both spaces")
         identity = {i: i for i in range(len(x_a))}
-        aligned = umap.AlignedUMAP(**common).fit([x_a, x_b], relations=[identity])
+        options = {name: value for name, value in common.items() if name != "n_jobs"}  # AlignedUMAP has no n_jobs
+        aligned = umap.AlignedUMAP(**options).fit([x_a, x_b], relations=[identity])
         map_a, map_b = aligned.embeddings_
     elif method == "init":
         map_a, map_b = _fit_chain([x_a, x_b], common, say, names=("the pre-trained features", "the fine-tuned features"))
@@ -155,8 +169,7 @@ def project_sequence(xs: list[np.ndarray], n_neighbors: int = 15, min_dist: floa
     `project_pair`."""
     if len(xs) < 1 or len({len(x) for x in xs}) != 1:
         raise ProxyFDAError(f"a sequence of maps needs feature arrays over the same points; got rows {[len(x) for x in xs]}")
-    if len(xs[0]) <= n_neighbors:
-        raise ProxyFDAError(f"UMAP needs more points ({len(xs[0])}) than n_neighbors ({n_neighbors})")
+    n_neighbors = neighbours_for(len(xs[0]), n_neighbors)
     params = {"method": "sequence", "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric, "seed": seed,
               "version": PROJECTION_VERSION}
     path = _cache_path(list(xs), params)

@@ -213,10 +213,6 @@ def test_save_without_config_writes_no_config_file(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["classes.csv", "metrics.json", "points.parquet"]
 
 
-@pytest.mark.xfail(strict=True, reason="real bug: compute_drift's L2 drift subtracts the two feature arrays "
-                   "directly, so encoders of different widths (e.g. open_clip 512-d vs EfficientNet 1280-d, which "
-                   "CKA and Procrustes support) crash with a raw numpy ValueError instead of a result or a "
-                   "ProxyFDAError; the app only catches ProxyFDAError, so the Drift Explorer shows a traceback")
 def test_different_feature_widths_give_a_report_or_a_clear_error():
     rng = np.random.default_rng(3)
     x_a, x_b = rng.normal(size=(20, 5)), rng.normal(size=(20, 7))

@@ -200,9 +200,6 @@ def test_forgetting_report_defaults_to_every_held_out_set_but_the_task(stub_worl
     assert report["correlation_with_delta_LP"] == {"otdd": None, "l2": None}
 
 
-@pytest.mark.xfail(strict=True, reason="real bug: forgetting_report keys runs by directory name only, so two runs "
-                   "with the same name in different folders (runs/a/naive, runs/b/naive) silently overwrite each "
-                   "other: one run disappears from the report and from the correlations")
 def test_forgetting_report_keeps_runs_with_the_same_name_in_different_folders(stub_world, tmp_path):
     import shutil
 

@@ -95,7 +95,7 @@ def test_trustworthiness_bad_inputs(spaces):
     with pytest.raises(ProxyFDAError, match="unknown metric 'l1'"):
         M.trustworthiness(x, y, 3, metric="l1")
     with pytest.raises(ProxyFDAError, match="own neighbour"):
-        M.trustworthiness(x, y, 2, neighbours=np.tile(np.arange(60)[:, None], (1, 2)))
+        M.trustworthiness(x, y, 2, neighbours=np.stack([np.arange(60), (np.arange(60) + 1) % 60], axis=1))
     with pytest.raises(ProxyFDAError, match=r"x_ref has 1 row\(s\) with NaN"):  # names follow the roles
         M.continuity(bad, y, 3)
     zero = x.copy()

@@ -44,6 +44,57 @@ def test_project_pair_unrolls_a_curve_and_aligns_a_barely_changed_space(tmp_path
     np.testing.assert_array_equal(cached_pair(x_a, x_b, metric="euclidean")[1], map_b)
 
 
+def test_eight_points_get_a_pair_of_maps(tmp_path, monkeypatch):
+    """Fewer points than UMAP's 15 neighbours (a small app request): real maps, with 7 neighbours. Placed
+    after the first real fit, so numba is compiled already."""
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    x_a = np.random.default_rng(2).normal(size=(8, 6)).astype(np.float32)
+    map_a, map_b = project_pair(x_a, x_a + 0.01)
+    assert map_a.shape == map_b.shape == (8, 2) and np.isfinite(map_a).all() and np.isfinite(map_b).all()
+    assert cached_pair(x_a, x_a + 0.01) is not None
+
+
+class _RecordingUMAP:
+    """Stands in for umap.UMAP: records its options, returns a fixed random layout."""
+
+    calls: list[dict] = []
+
+    def __init__(self, **options):
+        self.calls.append(options)
+
+    def fit_transform(self, x):
+        return np.random.default_rng(len(self.calls)).normal(size=(len(x), 2))
+
+
+@pytest.mark.parametrize("n, expected", [(4, 3), (8, 7), (16, 15), (40, 15)])
+def test_small_image_sets_lower_the_neighbour_count_instead_of_failing(n, expected, monkeypatch):
+    import inspect
+
+    import umap
+
+    monkeypatch.setattr(_RecordingUMAP, "calls", [])
+    monkeypatch.setattr(projection, "_umap", _RecordingUMAP)
+    monkeypatch.setattr(projection, "is_warm", lambda: True)
+    x = np.random.default_rng(0).normal(size=(n, 5)).astype(np.float32)
+    for method in ("init", "independent"):
+        maps = project_pair(x, x, method=method, use_cache=False)
+        assert maps[0].shape == (n, 2)
+    assert project_sequence([x, x, x], use_cache=False).shape == (3, n, 2)
+    assert [call["n_neighbors"] for call in _RecordingUMAP.calls] == [expected] * 7
+
+    class RecordingAligned:  # the options must be ones the real AlignedUMAP accepts
+        def __init__(self, **options):
+            inspect.signature(umap.AlignedUMAP).bind(**options)
+            assert options["n_neighbors"] == expected
+
+        def fit(self, xs, relations):
+            self.embeddings_ = [np.zeros((len(x), 2)) + i for i, x in enumerate(xs)]
+            return self
+
+    monkeypatch.setattr(umap, "AlignedUMAP", RecordingAligned)
+    assert project_pair(x, x, method="aligned", use_cache=False)[1].shape == (n, 2)
+
+
 def test_a_sequence_of_maps_is_chained_and_aligned_frame_to_frame(tmp_path, monkeypatch):
     """Three slightly moved copies of one space: every frame lands where the one before it was (chained
     starts + Procrustes), the first equals `project_pair`'s pre-trained map, and a second call is a cache hit."""
@@ -70,5 +121,7 @@ def test_projection_input_errors():
         project_pair(x, x[:20])
     with pytest.raises(ProxyFDAError, match="unknown projection method"):
         project_pair(x, x, method="tsne")
-    with pytest.raises(ProxyFDAError, match="more points"):
-        project_pair(x[:10], x[:10])
+    with pytest.raises(ProxyFDAError, match="the 2D maps need at least 4 images, got 3"):
+        project_pair(x[:3], x[:3])
+    with pytest.raises(ProxyFDAError, match="at least 4 images"):
+        project_sequence([x[:3], x[:3]])
