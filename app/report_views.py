@@ -9,41 +9,22 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from proxyfda.config import DriftConfig
+from proxyfda.data import ImageSet
 from proxyfda.drift import DriftReport, calibrate
 from proxyfda.metrics import class_composition
+from proxyfda.report_html import SCORE_INFO, calibration_display, report_file_name, report_html, score_label
 
 from app.session import set_focus
 
-METRIC_HELP = {
-    "overlap": "Mean over points of |N_pre(i) ∩ N_ft(i)| / k: the share of each point's k nearest neighbours "
-               "(cosine, full feature space) that survive fine-tuning. Not Jaccard.",
-    "jaccard": "Mean of |A ∩ B| / |A ∪ B| of the two neighbour sets.",
-    "trustworthiness": "Are the fine-tuned space's neighbourhoods also neighbourhoods before? 1 = no intruders.",
-    "continuity": "Are the pre-trained neighbourhoods kept after fine-tuning? 1 = nothing torn apart.",
-    "order": "Mean over points of the longest common subsequence of the two ranked neighbour lists, over k: "
-             "like overlap@k, but the shared neighbours must also keep their order.",
-    "cka": "Linear CKA between the two feature matrices: 1 = the same geometry up to rotation and scale.",
-    "cknna": "CKNNA (Huh et al. 2024): unbiased CKA of the cosine kernels restricted to pairs that are k-nearest "
-             "neighbours in both spaces. Local geometry: 1 = the same, about 0 = unrelated.",
-    "procrustes": "Residual after the best rotation, scale and translation (scipy's definition): 0 = identical shape.",
-    "l2": "Mean distance between each image's L2-normalised pre-trained and fine-tuned features.",
-}
-
-
 def metrics_panel(report: DriftReport) -> None:
     m = report.metrics
-    baseline = m["overlap_at_k_random_baseline"]
-    # two rows of five, so every label reads in full: neighbourhoods first, then geometry
-    neighbourhood, geometry = st.columns(5), st.columns(5)
-    neighbourhood[0].metric(f"overlap@{report.k}", f"{m['overlap_at_k_mean']:.3f}", help=METRIC_HELP["overlap"])
-    neighbourhood[0].caption(f"random baseline k/(N−1) = {baseline:.4f}")
-    shown = (("Jaccard", "jaccard_mean", "jaccard"), ("order agreement", "order_agreement_mean", "order"),
-             ("trustworthiness", "trustworthiness", "trustworthiness"), ("continuity", "continuity", "continuity"),
-             ("linear CKA", "linear_cka", "cka"), ("CKNNA", "cknna", "cknna"),
-             ("Procrustes disparity", "procrustes_disparity", "procrustes"), ("mean L2 drift", "mean_l2_drift", "l2"))
     omitted = m.get("omitted", {})
-    for column, (label, key, help_key) in zip(neighbourhood[1:] + geometry, shown):
-        column.metric(label, f"{m[key]:.3f}" if key in m else "n/a", help=omitted.get(key, METRIC_HELP[help_key]))
+    # two rows of five, so every label reads in full: neighbourhoods first, then geometry (SCORE_INFO's order)
+    neighbourhood, geometry = st.columns(5), st.columns(5)
+    for column, (key, (_, what)) in zip(neighbourhood + geometry, SCORE_INFO.items()):
+        column.metric(score_label(key, report.k), f"{m[key]:.3f}" if key in m else "n/a", help=omitted.get(key, what))
+    neighbourhood[0].caption(f"random baseline k/(N−1) = {m['overlap_at_k_random_baseline']:.4f}")
     st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
     if omitted:
         st.caption("Not computed: " + "; ".join(omitted.values()) + ".")
@@ -94,9 +75,22 @@ def export_buttons(report: DriftReport) -> None:
     c.download_button("Class drift (CSV)", report.class_table.to_csv(index=False).encode(), "classes.csv", "text/csv")
 
 
-CALIBRATION_LABELS = {"overlap_at_k_mean": "overlap@k", "jaccard_mean": "Jaccard",
-                      "order_agreement_mean": "order agreement", "cknna": "CKNNA", "linear_cka": "linear CKA",
-                      "mean_l2_drift": "mean L2 drift"}
+def html_report_button(report: DriftReport, images: ImageSet, maps: tuple[np.ndarray, np.ndarray] | None,
+                       x_a: np.ndarray, x_b: np.ndarray, key: tuple, config: DriftConfig) -> None:
+    """The analysis on screen as one self-contained HTML file, the same as ``proxyfda report`` writes:
+    built only when clicked (with the page's report, maps and cached calibration)."""
+    label, name = "Drift report (HTML)", report_file_name(config)
+    what = ("One file with the scores and their nulls, both maps, the most drifted images with their neighbours, "
+            "class drift and the specs and versions behind them. It opens offline and can be sent as it is.")
+    if maps is None:
+        st.download_button(label, b"", name, "text/html", disabled=True, help=what)
+        st.caption("The HTML report includes both maps: it can be downloaded once they are computed.")
+        return
+
+    def build() -> str:
+        return report_html(report, images, maps, _calibration(report, x_a, x_b, key + (report.k,)), config)
+
+    st.download_button(label, build, name, "text/html", help=what, icon=":material/download:")
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -111,11 +105,5 @@ def calibration_view(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, key:
                "means get a 95 % bootstrap interval over images. A score near its null preserved nothing.")
     with st.spinner("Re-pairing the images 20 times…"):
         table = _calibration(report, x_a, x_b, key + (report.k,))
-    shown = pd.DataFrame({
-        "score": [CALIBRATION_LABELS[name] for name in table["score"]],
-        "value": table["value"],
-        "null (mean ± sd)": [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["null_mean"], table["null_sd"])],
-        "95 % interval": ["—" if np.isnan(lo) else f"{lo:.3f} – {hi:.3f}"
-                          for lo, hi in zip(table["ci_low"], table["ci_high"])],
-    })
-    st.dataframe(shown, hide_index=True, column_config={"value": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(calibration_display(table), hide_index=True,
+                 column_config={"value": st.column_config.NumberColumn(format="%.3f")})

@@ -13,8 +13,8 @@ from app.drift_controls import drift_controls
 from app.linked_maps import render_linked_maps
 from app.neighbours import neighbour_panel, selection_grid
 from app.pipeline import get_images, get_report, load_compare_features, load_features, projection_jobs
-from app.report_views import (calibration_view, class_drift_view, export_buttons, metrics_panel,
-                              most_drifted_table)
+from app.report_views import (calibration_view, class_drift_view, export_buttons, html_report_button,
+                              metrics_panel, most_drifted_table)
 from app.three_way_view import three_way_view
 from app.timeline_view import timeline_view
 
@@ -106,11 +106,18 @@ def pair_maps(x_b, key: tuple, pending: bool):
 maps = pair_maps(x_b, feature_key, pending=True)
 explore(maps)
 
+
+def export_tab(report) -> None:
+    """The per-point and class tables as files, and the whole analysis as one HTML report."""
+    export_buttons(report)
+    html_report_button(report, images, maps, x_a, x_b, feature_key, config)
+
+
 # Only the open tab runs: the class heatmap and the export files are built when asked for, which keeps
 # them off the first page's path.
 VIEWS = {"Most drifted": most_drifted_table, "Class drift": class_drift_view,
          "Calibration": lambda report: calibration_view(report, x_a, x_b, feature_key),
-         "Over time": lambda report: timeline_view(config.finetuned), "Export": export_buttons}
+         "Over time": lambda report: timeline_view(config.finetuned), "Export": export_tab}
 if both is not None:
     def three_way_tab(report) -> None:
         compared = pair_maps(x_c, compare_key, pending=maps is not None)

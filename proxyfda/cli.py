@@ -1,4 +1,4 @@
-"""The ``proxyfda`` command: prepare, embed, drift, finetune, app."""
+"""The ``proxyfda`` command: prepare, embed, drift, report, finetune, app."""
 
 from __future__ import annotations
 
@@ -200,6 +200,20 @@ def cmd_wise(args: argparse.Namespace) -> None:
     print(f"wrote WiSE-FT (alpha={args.alpha}) of {args.run} to {out}; load it as 'run:{out}'")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """The drift analysis of the options as one self-contained HTML file."""
+    from .default import ensure_default_for
+    from .report_html import check_output, write_report
+
+    config = _config_from_args(DriftConfig, args)
+    check_output(args.out)  # before building the default or embedding anything
+    ensure_default_for([config.pretrained, config.finetuned], _finetune_printer("default fine-tune"))
+    bar = _StageBar()
+    path = write_report(config, args.out, progress=bar)
+    bar.close()
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); it opens offline in any browser")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Build the default fine-tuned encoder and warm every cache the app's first page needs."""
     from .default import ensure_default_finetuned
@@ -270,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, DriftConfig)
     p.add_argument("--out", required=True, help="directory for metrics.json and points.parquet")
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("report", help="write a drift analysis as one self-contained HTML file (opens offline)")
+    _add_config_options(p, DriftConfig)
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. drift-report.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("finetune", help="fine-tune an encoder and save a run directory", epilog=_methods_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -402,6 +402,13 @@ def three_way(report_b: DriftReport, report_c: DriftReport, name_b: str = "B", n
 
 def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, DriftReport]:
     """Everything from specs to report: images, both encoders' features, graphs and metrics."""
+    images, _, _, report = run_drift_features(config, progress)
+    return images, report
+
+
+def run_drift_features(config: DriftConfig, progress: StageProgress | None = None
+                       ) -> tuple[ImageSet, np.ndarray, np.ndarray, DriftReport]:
+    """`run_drift`, with both feature arrays too (what calibration and the maps start from)."""
     say = progress or (lambda message, fraction: None)
     say(f"Loading {config.data}", 0.0)
     images = load_drift_images(config)
@@ -410,7 +417,7 @@ def run_drift(config: DriftConfig, progress: StageProgress | None = None) -> tup
     report = compute_drift(x_a, x_b, images.labels, images.class_names, config.k, backend=config.knn_backend,
                            config=config)
     say("Done", 1.0)
-    return images, report
+    return images, x_a, x_b, report
 
 
 def run_three_way(config: DriftConfig, progress: StageProgress | None = None) -> tuple[ImageSet, ThreeWay]:

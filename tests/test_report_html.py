@@ -1,0 +1,243 @@
+"""The self-contained HTML drift report: the library page, `proxyfda report`, and the app's Export button.
+
+The analysis is small and synthetic (60 digits, features with class structure, linear maps instead of
+UMAP) so that everything here runs in seconds; a class name and a spec carry ``<script>`` to prove
+every user string is escaped. The browser test (tests/test_browser_report.py) opens the same page.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import json
+import re
+import shlex
+
+import numpy as np
+import pytest
+
+from proxyfda.config import DriftConfig
+from proxyfda.drift import calibrate, compute_drift
+from proxyfda.errors import ProxyFDAError
+from proxyfda.projection import linear_map
+from proxyfda.report_html import (SCORE_INFO, calibration_display, check_output, command_line, report_file_name,
+                                  report_html)
+
+HOSTILE = "<script>alert('x')</script>"
+CONFIG = DriftConfig(finetuned=f"run:/nowhere/{HOSTILE}", data="digits:test", n=60, k=5, image_size=32)
+
+
+def synthetic_features(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-trained features clustered by class, and a fine-tuned version that moved them part of the way."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(int(labels.max()) + 1, 16))
+    x_a = centres[labels] + 0.6 * rng.normal(size=(len(labels), 16))
+    return x_a, x_a + 0.8 * rng.normal(size=x_a.shape)
+
+
+def synthetic_analysis():
+    """(report, images, maps, calibration, config) of 60 digits, one class named with a script tag."""
+    from proxyfda.data import load_images
+
+    images = load_images("digits:test", n=60)
+    names = list(images.class_names)
+    names[3] = HOSTILE
+    images = dataclasses.replace(images, class_names=names)
+    x_a, x_b = synthetic_features(images.labels)
+    report = compute_drift(x_a, x_b, images.labels, images.class_names, CONFIG.k)
+    maps = (linear_map(x_a), linear_map(x_b, fit_on=x_a))
+    return report, images, maps, calibrate(report, x_a, x_b), CONFIG
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return synthetic_analysis()
+
+
+@pytest.fixture(scope="module")
+def page(analysis) -> str:
+    return report_html(*analysis)
+
+
+def test_the_scores_appear_with_their_nulls_and_intervals(analysis, page):
+    report, _, _, calibration, _ = analysis
+    shown = calibration_display(calibration)
+    for key in SCORE_INFO:
+        assert f"{report.metrics[key]:.3f}" in page, key
+    for key, row in shown.iterrows():
+        assert html.escape(row["null (mean ± sd)"]) in page and html.escape(row["95 % interval"]) in page, key
+    assert f"k/(N−1) = {report.metrics['overlap_at_k_random_baseline']:.4f}" in page
+    assert f"<strong>{report.metrics['overlap_at_k_mean']:.1%}</strong>" in page  # the headline sentence
+
+
+def test_the_config_specs_and_versions_that_made_it_are_recorded(page):
+    import platform
+
+    assert html.escape(json.dumps(CONFIG.to_dict(), indent=2)) in page
+    assert html.escape(command_line(CONFIG)) in page
+    assert f"<th scope=\"row\">python</th><td>{platform.python_version()}</td>" in page
+    for name in ("proxyfda", "torch", "open_clip_torch", "umap-learn", "plotly"):
+        assert f"<th scope=\"row\">{name}</th>" in page, name
+    assert "faiss-cpu" in page or "faiss-gpu" in page
+
+
+def test_plotly_is_inlined_and_nothing_is_fetched_from_the_network(page):
+    import plotly.offline
+
+    assert plotly.offline.get_plotlyjs()[:2000] in page  # the library itself, not a link to it
+    assert not re.search(r"""<(script|link|img|iframe)[^>]*\b(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    assert 'id="maps-figure"' in page
+    assert 3e6 < len(page.encode()) < 8e6  # plotly.js is most of it
+
+
+def test_every_user_string_is_escaped(page):
+    assert "<script>alert" not in page
+    assert html.escape(HOSTILE) in page  # class name and spec, shown as text
+
+
+def test_the_maps_carry_every_point_with_its_drift_in_the_hover(analysis, page):
+    report = analysis[0]
+    hovers = re.findall(r"id (\d+) · [^\"]*overlap@5 (\d\.\d\d) · L2 drift", page)
+    assert len(hovers) == 2 * report.n  # one per point in each map
+    assert {int(i): float(o) for i, o in hovers} == {i: round(float(o), 2) for i, o in enumerate(report.overlap)}
+
+
+def test_the_most_drifted_points_come_with_their_neighbours_as_embedded_pngs(analysis, page):
+    from PIL import Image
+
+    report, images = analysis[:2]
+    drifted = [int(i) for i in report.most_drifted(12)["id"]]
+    cards = page.split('<article class="card">')[1:]
+    assert len(cards) == 12
+    for rank, (card, i) in enumerate(zip(cards, drifted), start=1):
+        assert f"#{rank}</p><p><strong>id {i}</strong>" in card
+        sources = re.findall(r'src="data:image/png;base64,([^"]+)"', card)
+        assert len(sources) == 1 + 2 * report.k  # the image, its neighbours before and after
+        shown = [int(j) for j in re.findall(r'alt="image (\d+)"', card)]
+        assert shown == [i, *report.graph_a.indices[i], *report.graph_b.indices[i]]
+    first = re.search(r'src="data:image/png;base64,([^"]+)"', cards[0]).group(1)
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("RGB"))
+    np.testing.assert_array_equal(pixels, images.thumbnail(drifted[0]))
+    lost = len(report.neighbours(drifted[0])["lost"])
+    assert cards[0].count('class="thumb lost"') == lost and cards[0].count('class="thumb gained"') == lost
+
+
+def test_class_drift_lists_every_class(analysis, page):
+    report = analysis[0]
+    for _, row in report.class_table.iterrows():
+        assert f"<th scope=\"row\">{html.escape(str(row['class']))}</th><td class=\"num\">{int(row['n'])}</td>" in page
+
+
+def test_maps_of_other_images_are_refused(analysis):
+    report, images, maps, calibration, config = analysis
+    with pytest.raises(ProxyFDAError, match="build all three from the same images"):
+        report_html(report, images, (maps[0][:10], maps[1][:10]), calibration, config)
+
+
+def test_command_line_reproduces_the_config():
+    from proxyfda.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(shlex.split(command_line(CONFIG))[1:])
+    assert _config_from_args(DriftConfig, args) == CONFIG and args.out == "drift-report.html"
+
+
+def test_report_file_name_is_safe():
+    assert report_file_name(CONFIG) == "drift-report-script-digits-test.html"  # the folder name after the last /
+
+
+def test_a_folder_or_an_unwritable_path_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ProxyFDAError, match="is a folder: give a file name"):
+        check_output(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ProxyFDAError, match="cannot create the folder"):
+        check_output(tmp_path / "file" / "report.html")
+    assert check_output(tmp_path / "new" / "r.html").parent.is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+
+@pytest.fixture
+def light_route(monkeypatch):
+    """`proxyfda report`'s heavy steps replaced: synthetic features instead of two encoders, linear maps
+    instead of UMAP. Images, drift, calibration and the page are the real ones."""
+    from proxyfda import drift, report_html
+
+    monkeypatch.setattr(drift, "drift_features", lambda config, images, progress=None: synthetic_features(images.labels))
+    monkeypatch.setattr(report_html, "project_pair",
+                        lambda x_a, x_b, method, seed, progress=None: (linear_map(x_a), linear_map(x_b, fit_on=x_a)))
+
+
+def test_report_command_writes_one_html_file(light_route, tmp_path, capsys):
+    from proxyfda.cli import main
+
+    out = tmp_path / "out" / "report.html"
+    code = main(["report", "--pretrained", "efficientnet-lite0", "--finetuned", "efficientnet-lite0",
+                 "--data", "digits:test", "--n", "60", "--k", "5", "--out", str(out)])
+    assert code == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "overlap@5" in page and "data:image/png;base64," in page
+    assert html.escape('"data": "digits:test"') in page and list(tmp_path.joinpath("out").iterdir()) == [out]
+
+
+def test_report_takes_the_drift_options_and_defaults_to_the_embedded_default():
+    from proxyfda.cli import _config_from_args, build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    flags = {name: {s for a in commands[name]._actions for s in a.option_strings} for name in ("drift", "report")}
+    assert flags["report"] == flags["drift"]
+    assert _config_from_args(DriftConfig, parser.parse_args(["report", "--out", "r.html"])) == DriftConfig()
+
+
+def test_report_to_a_folder_exits_2_before_any_work(monkeypatch, tmp_path, capsys):
+    from proxyfda import drift
+    from proxyfda.cli import main
+
+    monkeypatch.setattr(drift, "load_drift_images", lambda config: pytest.fail("worked before checking --out"))
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert "is a folder: give a file name" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+def test_the_drift_explorer_exports_the_analysis_on_screen(monkeypatch, tmp_path):
+    """The Export tab's HTML button gives the page of the report, maps and calibration the app shows."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.testing.v1 import AppTest
+
+    from app import pipeline
+    from app.session import TAB_KEY
+    from proxyfda import projection
+    from test_app import PAGE, SMALL
+
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    monkeypatch.setattr(pipeline, "load_features", lambda config, images: synthetic_features(images.labels))
+    monkeypatch.setattr(projection, "cached_pair",
+                        lambda x_a, x_b, **options: (linear_map(x_a), linear_map(x_b, fit_on=x_a)))
+    deferred = {}
+    add_deferred = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        deferred[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    state = {**SMALL, "drift.cfg.finetuned": "efficientnet-lite0", TAB_KEY: "Export"}
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception and not at.error
+    assert "Drift report (HTML)" in [b.label for b in at.get("download_button")]
+    name = "drift-report-efficientnet-lite0-digits-test.html"
+    page = deferred[name]()  # what a click downloads
+    shown = next(m.value for m in at.metric if m.label == "overlap@5")
+    assert page.startswith("<!doctype html>") and f'<td class="num">{shown}</td>' in page  # the panel's score
+    assert page.count('<article class="card">') == 12 and 'id="maps-figure"' in page
