@@ -38,12 +38,13 @@ QUICK_HELD_OUT = {"fashion-mnist:test": 1500}
 
 
 def ensure_run(config: FinetuneConfig, run_dir: Path) -> Path:
-    """Fine-tune ``config`` into ``run_dir``, unless a completed run of the same config is there already."""
+    """Fine-tune ``config`` into ``run_dir``, unless a completed run of the same config is there already (an
+    unfinished or different run there is replaced)."""
     if (run_dir / CONFIG).exists() and Run.open(run_dir).status == "completed" \
             and Run.open(run_dir).config == resolve_config(config):
         return run_dir
     started = time.perf_counter()
-    result = finetune(config, run_dir)
+    result = finetune(config, run_dir, overwrite=True)
     print(f"  {run_dir.name}: {result.status}, task head accuracy {result.final_eval_accuracy:.3f}, "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     return run_dir

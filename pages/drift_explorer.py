@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from proxyfda.drift import encoder_names, three_way
+from proxyfda.encoders import spec_run
 from proxyfda.errors import ProxyFDAError
 from proxyfda.projection import cached_pair
 
@@ -23,6 +24,9 @@ st.caption("The same images through a pre-trained and a fine-tuned encoder: whic
            "fine-tuning? Drift is measured on the k-NN graphs of the full feature spaces; the 2D maps are a guide.")
 
 config, color_by, show_images = drift_controls()
+for run in filter(None, map(spec_run, filter(None, (config.pretrained, config.finetuned, config.compare)))):
+    if note := run.incomplete_note():  # a stopped, diverged or interrupted run is shown, but not silently
+        st.warning(note)
 
 try:
     guard.check_drift_config(config)

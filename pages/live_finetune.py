@@ -67,6 +67,9 @@ def show_job(job: LiveJob) -> None:
         st.error(f"The run failed: {job.error}")
     elif job.state == "cancelled":
         st.warning("Cancelled before it started; nothing was written.")
+    elif job.state == "diverged":
+        st.warning(f"The run diverged: its loss or weights became NaN or infinite at step {job.steps_done}, so it "
+                   f"stopped there and kept its last finite checkpoint in {job.run_dir}. Try a lower learning rate.")
     elif job.done:
         accuracy = evals[-1]["accuracy"] if evals else None
         kept = evals[-1].get("probe_overlap") if evals else None

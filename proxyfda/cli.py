@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import BN_MODES, KNN_BACKENDS, PROJECTION_METHODS, SAMPLERS, DriftConfig, FinetuneConfig
 from .errors import ProxyFDAError
+from .paths import check_writable
 from .methods import METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from .default import ensure_default_for
     from .drift import encoder_features
 
+    check_writable(args.out, is_file=True)
     ensure_default_for([args.encoder], _finetune_printer("default fine-tune"))
     images = load_images(args.data, n=args.n or None, seed=args.seed)
     bar = _Bar(f"embed {args.encoder}")
@@ -148,6 +150,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     from .drift import run_drift, run_three_way
 
     config = _config_from_args(DriftConfig, args)
+    check_writable(args.out)
     ensure_default_for([config.pretrained, config.finetuned, config.compare], _finetune_printer("default fine-tune"))
     bar = _StageBar()
     if config.compare:
@@ -158,6 +161,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
     bar.close()
     out = report.save(args.out)
     print(json.dumps(report.metrics, indent=2))
+    for note in report.metrics.get("omitted", {}).values():
+        print(f"not computed: {note}")
     print(f"wrote {out / 'metrics.json'} and {out / 'points.parquet'}")
     if config.compare:
         both.c.save(out / "compare")
@@ -182,6 +187,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_forgetting(args: argparse.Namespace) -> None:
     from .forgetting import forgetting_report
 
+    check_writable(args.out)
     report = forgetting_report(args.runs, progress=lambda message: print(message, file=sys.stderr))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +202,7 @@ def cmd_forgetting(args: argparse.Namespace) -> None:
 def cmd_wise(args: argparse.Namespace) -> None:
     from .interpolation import wise_run
 
+    check_writable(args.out)
     out = wise_run(args.run, args.alpha, args.out)
     print(f"wrote WiSE-FT (alpha={args.alpha}) of {args.run} to {out}; load it as 'run:{out}'")
 

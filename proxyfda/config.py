@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,17 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 CLIP_LOGIT_SCALE = 100.0
 #: SAFE's blend weights searched on validation data (0: original CLIP pooling, 1: the tuned one)
 DEFAULT_BETA_GRID: tuple[float, ...] = tuple(i / 10 for i in range(11))
+
+
+def check_finite(values: dict[str, Any], label: str = "{}") -> None:
+    """Refuse NaN and infinite numbers among ``values`` (and inside their lists): a non-finite learning
+    rate or strength would train a run into NaN weights instead of failing with a sentence. ``label``
+    formats a key into the name the message gives it."""
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            raise ProxyFDAError(f"{label.format(name)} must be a finite number, not {value!r} (NaN or infinity "
+                                "would only train the weights into NaN); give a real value")
 
 
 class JsonConfig:
@@ -142,6 +154,9 @@ class FinetuneConfig(JsonConfig):
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_finite(self.to_dict())
+        if isinstance(self.reg_options, dict):
+            check_finite(self.reg_options, "reg_options['{}']")
         if self.bn_mode not in BN_MODES:
             raise ProxyFDAError(f"bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got '{self.bn_mode}'")
         for name in ("steps", "batch_size", "eval_every", "eval_size", "image_size"):
@@ -184,6 +199,7 @@ class SafeConfig(JsonConfig):
         # JSON gives lists back; the config stays hashable and comparable with tuples.
         object.__setattr__(self, "beta_grid", tuple(float(b) for b in self.beta_grid))
         object.__setattr__(self, "templates", tuple(self.templates))
+        check_finite(self.to_dict())
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ProxyFDAError(f"SAFE needs steps >= 0, batch_size >= 1 and lr > 0; got steps={self.steps}, "
                                 f"batch_size={self.batch_size}, lr={self.lr}")

@@ -8,7 +8,6 @@ the app) build it first where it is needed, with `ensure_default_for`.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -21,16 +20,13 @@ from .training import finetune
 def ensure_default_finetuned(callback: Callback | None = None) -> Path:
     """The default fine-tuned run directory, fine-tuning it first if this machine has none.
 
-    An interrupted build is discarded and started again rather than used half-trained.
+    An interrupted build is replaced by a new one rather than used half-trained (`proxyfda.runs.RunWriter`
+    builds it beside the old one and swaps it in); a build in progress in another process is a clear error.
     """
     run_dir = default_run_dir()
     if default_run_ready():
         return run_dir
-    partial = run_dir.with_name(run_dir.name + ".building")
-    shutil.rmtree(partial, ignore_errors=True)
-    finetune(runs.DEFAULT_FINETUNE, partial, callback=callback)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    partial.rename(run_dir)
+    finetune(runs.DEFAULT_FINETUNE, run_dir, callback=callback, overwrite=True)
     return run_dir
 
 

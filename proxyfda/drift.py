@@ -296,12 +296,15 @@ def encoder_features(spec: str, images: ImageSet, image_size: int | None,
     Features cached for the same spec, weight files and images are found without building the
     encoder (nor importing torch): see `proxyfda.encoders.spec_fingerprint`.
     """
-    from .encoders import spec_fingerprint
+    from .encoders import spec_fingerprint, spec_run
     from .features import extract_features, features_from_source, remember_source
 
     source = spec_fingerprint(spec, image_size or None)
     cached = features_from_source(source, images)
     if cached is not None:
+        run = spec_run(spec)
+        if run is not None:  # built, a run's encoder warns when the run did not complete; from the cache too
+            run.warn_if_incomplete()
         if progress:
             progress(len(images), len(images))
         return cached

@@ -25,6 +25,7 @@ training, forgetting) builds encoders here, so a spec means the same thing every
 from __future__ import annotations
 
 import hashlib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 #: spec prefixes that name something proxyfda saved, rather than an architecture
 SAVED_PREFIXES = ("run", "safe")
+#: the runs whose encoders are being built in this context, outermost first: a run whose base
+#: encoder leads back to itself is refused instead of recursing
+_resolving_runs: ContextVar[tuple[Path, ...]] = ContextVar("proxyfda_resolving_runs", default=())
 
 
 def list_encoders() -> list[str]:
@@ -96,7 +100,24 @@ def create_encoder(spec: str, *, image_size: int | None = None, device: "str | t
 
 
 def _run_encoder(run: Run, image_size: int | None, load_weights: bool) -> "Encoder":
-    """A run's encoder: its base architecture with the run's checkpoint (or its SAFE result) loaded."""
+    """A run's encoder: its base architecture with the run's checkpoint (or its SAFE result) loaded.
+    Warns (`IncompleteRunWarning`) when the run did not complete."""
+    chain = _resolving_runs.get()
+    here = run.path.resolve()
+    if here in chain:
+        loop = " → ".join(str(path) for path in (*chain[chain.index(here):], here))
+        raise ProxyFDAError(f"run '{run.path}' is its own base encoder ({loop}): its config.json names a run "
+                            "that leads back to it, so it has no pre-trained encoder to start from. Set its "
+                            "base_encoder to the encoder it was fine-tuned from, or train it again")
+    token = _resolving_runs.set((*chain, here))
+    try:
+        run.warn_if_incomplete()
+        return _load_run_encoder(run, image_size, load_weights)
+    finally:
+        _resolving_runs.reset(token)
+
+
+def _load_run_encoder(run: Run, image_size: int | None, load_weights: bool) -> "Encoder":
     if run.method == "safe":
         # a SAFE encoder is defined by its saved head, so it is always loaded (load_weights is moot)
         return _safe_encoder(str(run.safe_result), image_size)
@@ -108,6 +129,18 @@ def _run_encoder(run: Run, image_size: int | None, load_weights: bool) -> "Encod
     if load_weights:
         load_state_checked(encoder, run.checkpoint_state()["encoder"], arch=base, source=str(run.path / CHECKPOINT))
     return encoder
+
+
+def spec_run(spec: str) -> Run | None:
+    """The run a ``run:`` spec (or the built ``default-finetuned`` alias) names; None for other specs and
+    for runs that are not there (building the encoder then says what is wrong)."""
+    prefix, _, arg = canonical_spec(spec).partition(":")
+    if prefix != "run" or not (Path(arg).expanduser() / CONFIG).is_file():
+        return None
+    try:
+        return Run.open(arg)
+    except ProxyFDAError:
+        return None
 
 
 def _safe_encoder(path: str, image_size: int | None) -> "Encoder":

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .data import ImageSet
+from .errors import ProxyFDAError
 from .paths import atomic_write_bytes, cache_dir
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: P
     """Pooled features [N, D] float32 of every image, computed in batches on the encoder's device.
 
     The next batch is decoded and resized on a worker thread while the current one runs
-    through the encoder, so the loader does not stall the forward pass.
+    through the encoder, so the loader does not stall the forward pass. Non-finite features are an
+    error naming the encoder, never a result (nor a cache entry).
     """
     encoder.eval()
     device = encoder.device
@@ -94,7 +96,17 @@ def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: P
             out[start:start + len(pixels)] = feats.float().cpu().numpy()
             if progress:
                 progress(min(start + batch_size, n), n)
+    _check_finite_rows(out, encoder)
     return out
+
+
+def _check_finite_rows(features: np.ndarray, encoder: Encoder) -> None:
+    bad = int((~np.isfinite(features)).any(axis=1).sum())
+    if bad:
+        name = getattr(encoder, "spec", None) or encoder.name
+        raise ProxyFDAError(f"the encoder '{name}' gave non-finite features (NaN or infinity) for {bad} of "
+                            f"{len(features)} images, so they are not written; its weights are broken (a run "
+                            "that diverged?): use another encoder, or train the run again with a lower --lr")
 
 
 def extract_features(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: Progress | None = None,

@@ -204,11 +204,16 @@ def forgetting_report(run_dirs: list, held_out: dict[str, int] | None = None, se
             pre_cache[key] = (feats, probe_accuracy(feats, data.labels, seed=seed).accuracy)
         return pre_cache[key]
 
+    running = [str(path) for path in run_dirs if Run.open(path).status == "running"]
+    if running:  # its weights still change, and its measurement could not be kept with it
+        raise ProxyFDAError(f"run {', '.join(running)} is still being trained; measure its forgetting once it "
+                            "has finished (or stop it first)")
     runs: dict[str, dict] = {}
     opened = [Run.open(run_dir) for run_dir in run_dirs]
     for name, run in zip(run_names([run.path for run in opened]), opened):
         config = run.config
         say(f"{name}: probing")
+        run.warn_if_incomplete()
         finetuned = create_encoder(run.spec)
         size = finetuned.image_size
         task = images(config.eval_data, None)

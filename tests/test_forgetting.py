@@ -215,6 +215,20 @@ def test_forgetting_report_keeps_runs_with_the_same_name_in_different_folders(st
     assert len(report["runs"]) == 2
 
 
+def test_forgetting_cli_lists_same_named_runs_apart(stub_world, tmp_path, capsys):
+    import json
+    import shutil
+
+    from proxyfda.cli import main
+
+    dirs, _ = stub_world
+    twins = [shutil.copytree(dirs[0], tmp_path / parent / "r1") for parent in ("a", "b")]
+    assert main(["forgetting", "--runs", *map(str, twins), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "a/r1" in printed and "b/r1" in printed
+    assert set(json.loads((tmp_path / "report" / "report.json").read_text())["runs"]) == {"a/r1", "b/r1"}
+
+
 def test_each_run_keeps_its_measurement_and_the_runs_table_shows_it(stub_world):
     dirs, _ = stub_world
     assert Run.open(dirs[0]).forgetting() is None

@@ -180,3 +180,88 @@ def test_run_names_lengthen_only_the_names_that_clash(tmp_path):
     assert run_names(paths) == ["a/naive", "b/naive", "fda", "x/a/l2sp", "y/a/l2sp"]
     with pytest.raises(ProxyFDAError, match=r"naive is listed more than once"):
         run_names([tmp_path / "a" / "naive", tmp_path / "a" / ".." / "a" / "naive"])
+
+
+# ---------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def eight_images(monkeypatch):
+    """`proxyfda drift` over 8 stub images; embedding them returns fixed random features, counted in ``calls``."""
+    import proxyfda.drift
+    from proxyfda.data import ImageSet
+
+    calls = []
+    images = ImageSet(spec="stub", labels=np.arange(8) % 2, class_names=["a", "b"],
+                      pixels=np.zeros((8, 8, 8, 3), dtype=np.uint8))
+
+    def drift_features(config, images, progress=None, make_encoder=None):
+        calls.append(config)
+        rng = np.random.default_rng(6)
+        return rng.normal(size=(8, 5)), rng.normal(size=(8, 5))
+
+    monkeypatch.setattr(proxyfda.drift, "load_images", lambda spec, n=None, seed=0: images)
+    monkeypatch.setattr(proxyfda.drift, "drift_features", drift_features)
+    return calls
+
+
+DRIFT_ARGS = ["drift", "--pretrained", "pre", "--finetuned", "ft", "--data", "stub", "--n", "0"]
+
+
+def test_drift_refuses_k_of_n_before_embedding_and_names_the_largest_k(eight_images, tmp_path, capsys):
+    from proxyfda.cli import main
+
+    assert main([*DRIFT_ARGS, "--k", "8", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "proxyfda: error: stub gave 8 images (n=all): k must be smaller than the number of points N=8" in err
+    assert "k ≤ N-1 = 7" in err
+    assert eight_images == []  # refused before any encoder ran
+
+
+def test_drift_prints_and_saves_the_scores_it_left_out(eight_images, tmp_path, capsys):
+    from proxyfda.cli import main
+
+    assert main([*DRIFT_ARGS, "--k", "7", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "not computed: trustworthiness needs k < N/2 (k=7, N=8)" in out
+    assert "not computed: continuity needs k < N/2 (k=7, N=8)" in out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(saved["omitted"]) == {"trustworthiness", "continuity"} and "trustworthiness" not in saved
+
+
+@pytest.mark.parametrize("command", [
+    ["drift", "--pretrained", "pre", "--finetuned", "ft", "--data", "stub"],
+    ["embed", "--encoder", "pre", "--data", "stub"],
+    ["forgetting", "--runs", "no-such-run"],
+    ["wise", "--run", "no-such-run"],
+])
+def test_every_out_that_cannot_be_written_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
+    """A file stands where --out needs a folder: each command says so first (the runs named here do not even
+    exist, so any work done before the check would have failed with another message)."""
+    import proxyfda.drift
+    from proxyfda.cli import main
+
+    monkeypatch.setattr(proxyfda.drift, "load_images", lambda *a, **k: pytest.fail("work before the --out check"))
+    (tmp_path / "taken").write_text("a file")
+    assert main([*command, "--out", str(tmp_path / "taken" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"proxyfda: error: cannot write {tmp_path / 'taken' / 'out'}: {tmp_path / 'taken'} is a file" in err
+
+
+def test_an_out_the_system_refuses_gives_its_reason(tmp_path, monkeypatch):
+    import proxyfda.paths
+    from proxyfda.paths import check_writable
+
+    def refuse(dir=None):
+        raise PermissionError(13, "Permission denied")
+
+    assert check_writable(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # probing leaves nothing behind
+    with pytest.raises(ProxyFDAError, match=r"cannot write .*features.npy: it is a folder"):
+        (tmp_path / "features.npy").mkdir()
+        check_writable(tmp_path / "features.npy", is_file=True)
+    monkeypatch.setattr(proxyfda.paths.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ProxyFDAError, match=rf"cannot write {tmp_path}/out: {tmp_path} does not accept new files "
+                                            r"\(Permission denied\)"):
+        check_writable(tmp_path / "out")
+
