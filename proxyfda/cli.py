@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ APP_ENTRY = REPO_ROOT / "app" / "main.py"
 #: config fields with a fixed set of values: --help lists them and argparse refuses others
 CHOICES = {"method": tuple(METHODS), "bn_mode": BN_MODES, "sampler": SAMPLERS, "knn_backend": KNN_BACKENDS,
            "projection": PROJECTION_METHODS}
+#: --overwrite of the commands that write a run directory (proxyfda.runs.RunWriter)
+OVERWRITE_HELP = ("replace the run already in --out: the new run is built beside it and takes its place "
+                  "when it has finished, so the old one stays whole until then")
 #: fields whose None default means "the method's own"
 METHOD_DEFAULT_HELP = "(default: the method's own; naive and the regularised methods: {}, safe: {})"
 
@@ -172,16 +176,23 @@ def cmd_drift(args: argparse.Namespace) -> None:
               f"{out / 'three_way.parquet'}")
 
 
-def cmd_finetune(args: argparse.Namespace) -> None:
+def cmd_finetune(args: argparse.Namespace) -> int:
     from .default import ensure_default_for
     from .methods import resolve_config
     from .training import finetune
 
     config = _config_from_args(FinetuneConfig, args)
     ensure_default_for([config.base_encoder], _finetune_printer("default fine-tune"))
-    result = finetune(config, args.out, callback=_finetune_printer(total=resolve_config(config).steps))
+    result = finetune(config, args.out, callback=_finetune_printer(total=resolve_config(config).steps),
+                      overwrite=args.overwrite)
+    if result.status == "diverged":
+        print(f"proxyfda: the run diverged at step {result.steps_done + 1}: its loss (or weights) became NaN or "
+              f"infinite, so it stopped there and kept its last finite checkpoint ({result.run_dir}); try a lower "
+              "--lr", file=sys.stderr)
+        return 1
     print(f"{result.status} after {result.steps_done} steps; eval accuracy {result.final_eval_accuracy}; "
           f"load it as 'run:{result.run_dir}'")
+    return 0
 
 
 def cmd_forgetting(args: argparse.Namespace) -> None:
@@ -203,7 +214,7 @@ def cmd_wise(args: argparse.Namespace) -> None:
     from .interpolation import wise_run
 
     check_writable(args.out)
-    out = wise_run(args.run, args.alpha, args.out)
+    out = wise_run(args.run, args.alpha, args.out, overwrite=args.overwrite)
     print(f"wrote WiSE-FT (alpha={args.alpha}) of {args.run} to {out}; load it as 'run:{out}'")
 
 
@@ -300,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune an encoder and save a run directory", epilog=_methods_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(p, FinetuneConfig)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory: a new or empty folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("forgetting", help="linear-probe forgetting (A_LP, ΔLP) and feature distances of runs")
@@ -312,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--alpha", type=float, default=0.5, help="0: pre-trained, 1: fine-tuned (default 0.5)")
     p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_wise)
 
     p = sub.add_parser("app", help="start the Streamlit app")
@@ -326,14 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_warnings(show_other):
+    """A ``warnings.showwarning`` that prints the library's warnings meant for the user (a run that did not
+    complete) as one plain line, and passes any other warning to ``show_other``."""
+    from .runs import IncompleteRunWarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, IncompleteRunWarning):
+            print(f"proxyfda: warning: {message}", file=sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 a fine-tune that diverged, 2 an error (said in a sentence)."""
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ProxyFDAError as exc:
-        print(f"proxyfda: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    with warnings.catch_warnings():
+        warnings.showwarning = _user_warnings(warnings.showwarning)
+        try:
+            return args.func(args) or 0
+        except ProxyFDAError as exc:
+            print(f"proxyfda: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
