@@ -32,6 +32,8 @@ try:
     guard.check_drift_config(config)
     images = get_images(config.data, config.n, config.seed)
     guard.check_count(len(images))
+    for note in images.notes:  # e.g. fewer images than asked for
+        st.info(note)
     if images.skipped:
         st.warning(f"{len(images.skipped)} files in {config.data} were skipped (not images or unreadable).")
         with st.expander("Skipped files"):

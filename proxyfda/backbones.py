@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import socket
+import threading
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
-from .errors import ProxyFDAError
+from .errors import ProxyFDAError, first_line
 from .paths import bundled_efficientnet_lite0_weights
 from .registry import Registry
 
@@ -235,6 +240,7 @@ def _build_open_clip(arg: str, image_size: int | None, load_weights: bool, spec:
                 raise ProxyFDAError(
                     f"'{weights}' is neither a file nor a pretrained tag of open_clip {arch} "
                     f"(tags: {', '.join(tags) or 'none'})")
+            check_hub_weights(arch, weights)
         else:
             pretrained = str(Path(weights).expanduser())
     try:
@@ -242,17 +248,17 @@ def _build_open_clip(arg: str, image_size: int | None, load_weights: bool, spec:
     except RuntimeError as exc:
         if pretrained and Path(pretrained).exists():
             raise ProxyFDAError(f"checkpoint '{pretrained}' does not fit open_clip architecture {arch}: "
-                                f"{_first_line(exc)}") from exc
+                                f"{first_line(exc)}") from exc
         raise
     except Exception as exc:  # network failures surface as many exception types
         if pretrained and not Path(pretrained).exists():
             raise ProxyFDAError(
                 f"could not fetch the pretrained weights '{pretrained}' for open_clip {arch} from the hub "
-                f"({type(exc).__name__}: {_first_line(exc)}). This needs the internet; offline, download the "
+                f"({type(exc).__name__}: {first_line(exc)}). This needs the internet; offline, download the "
                 f"file elsewhere and pass its path: 'open_clip:{arch}:/path/to/weights'") from exc
         if pretrained:
             raise ProxyFDAError(f"could not load '{pretrained}' as open_clip {arch} weights: "
-                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                                f"{type(exc).__name__}: {first_line(exc)}") from exc
         raise
     cfg = model.visual.preprocess_cfg
     native = int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])
@@ -267,6 +273,77 @@ def _build_open_clip(arg: str, image_size: int | None, load_weights: bool, spec:
                            pixel_norm=norm, clip_model=model, arch=arch)
 
 
+#: seconds to wait for the host of a pretrained tag's weights before calling it unreachable
+HUB_CONNECT_TIMEOUT = 3.0
+
+
+def check_hub_weights(arch: str, tag: str) -> None:
+    """Refuse at once, with a sentence, an open_clip tag whose weights must be downloaded but cannot be.
+
+    Weights in the local cache need no network. Otherwise open_clip's download retries an unreachable
+    host for about a minute before failing (measured: 60 s for ``RN50:openai`` offline), so the
+    host is tried here first, with a short timeout (``HF_HUB_OFFLINE`` set counts as unreachable).
+    """
+    import open_clip
+
+    url, cached = _tag_weights_source(open_clip.get_pretrained_cfg(arch, tag))
+    reason = None if cached or url is None else _unreachable(url)
+    if reason:
+        raise ProxyFDAError(
+            f"open_clip {arch} with the '{tag}' weights needs the internet for its first download: the weights "
+            f"are not in the local cache and {reason}. Connect once to download them, or download the file on "
+            f"another machine and pass its path instead: 'open_clip:{arch}:/path/to/weights.pt'")
+
+
+def _tag_weights_source(cfg: dict) -> tuple[str | None, bool]:
+    """Where open_clip would download a tag's weights from (a URL), and whether they are cached already.
+
+    Follows open_clip's own order: the Hugging Face hub when the tag names a hub file (a
+    ``.safetensors`` twin counts too), else the tag's URL into ``~/.cache/clip``.
+    """
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, has_hf_hub
+
+    if cfg.get("file"):
+        return None, True
+    if cfg.get("hf_hub") and has_hf_hub():
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        names = {filename, str(Path(filename).with_suffix(".safetensors")), HF_SAFE_WEIGHTS_NAME}
+        cached = any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+        return constants.ENDPOINT, cached
+    url = cfg.get("url") or None
+    return url, bool(url) and (Path("~/.cache/clip").expanduser() / Path(url).name).is_file()
+
+
+def _unreachable(url: str) -> str | None:
+    """Why the host serving ``url`` cannot be reached now (through the proxy the environment names, if
+    any), or None when it accepts a connection within HUB_CONNECT_TIMEOUT."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    outcome = [f"{host} did not answer within {HUB_CONNECT_TIMEOUT:.0f} s"]
+
+    def attempt() -> None:  # on a thread: a stuck name lookup ignores the socket's timeout
+        try:
+            socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT).close()
+            outcome[0] = None
+        except OSError as exc:
+            outcome[0] = f"{host} cannot be reached ({first_line(exc)})"
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(HUB_CONNECT_TIMEOUT)
+    return outcome[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -279,7 +356,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a non-checkpoint file fails in many ways inside the unpickler
-        raise ProxyFDAError(f"'{path}' is not a readable PyTorch checkpoint ({_first_line(exc)}); "
+        raise ProxyFDAError(f"'{path}' is not a readable PyTorch checkpoint ({first_line(exc)}); "
                             "give a .pt/.pth file saved with torch.save") from exc
     if not isinstance(state, dict):
         raise ProxyFDAError(f"'{path}' holds a {type(state).__name__}, not a state dict")
@@ -303,8 +380,3 @@ def load_state_checked(module: nn.Module, state: dict, *, arch: str, source: str
             parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {'; '.join(wrong_shape[:2])})")
         raise ProxyFDAError(f"checkpoint '{source}' does not fit architecture {arch}: " + ", ".join(parts))
     module.load_state_dict(state, strict=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

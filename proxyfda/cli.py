@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import BN_MODES, KNN_BACKENDS, PROJECTION_METHODS, SAMPLERS, DriftConfig, FinetuneConfig
+from .config import (BN_MODES, KNN_BACKENDS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, PROJECTION_METHODS, SAMPLERS,
+                     DriftConfig, FinetuneConfig, check_image_size)
 from .errors import ProxyFDAError
 from .paths import check_writable
 from .methods import METHODS
@@ -109,17 +110,26 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from .default import ensure_default_for
     from .drift import encoder_features
 
+    check_image_size(args.image_size)
     check_writable(args.out, is_file=True)
     ensure_default_for([args.encoder], _finetune_printer("default fine-tune"))
     images = load_images(args.data, n=args.n or None, seed=args.seed)
     bar = _Bar(f"embed {args.encoder}")
     features = encoder_features(args.encoder, images, args.image_size, progress=bar)
     bar.close()
+    _tell_about(images)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, features)
     np.save(out.with_name(out.stem + ".labels.npy"), images.labels)
     print(f"wrote {out} {features.shape} and {out.stem}.labels.npy; {len(images.skipped)} files skipped")
+
+
+def _tell_about(images) -> None:
+    """Print what the user should know about an image set: fewer images than asked for, skipped files."""
+    for line in [*images.notes, images.skipped_summary()]:
+        if line:
+            print(f"proxyfda: note: {line}", file=sys.stderr)
 
 
 def _finetune_printer(desc: str = "fine-tune", total: int | None = None):
@@ -163,6 +173,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     else:
         images, report = run_drift(config, progress=bar)
     bar.close()
+    _tell_about(images)
     out = report.save(args.out)
     print(json.dumps(report.metrics, indent=2))
     for note in report.metrics.get("omitted", {}).values():
@@ -293,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="encoder spec, e.g. efficientnet-lite0 or run:DIR")
     p.add_argument("--data", required=True, help="data spec, e.g. fashion-mnist:test or folder:/path")
     p.add_argument("--n", type=int, default=0, help="class-balanced sample size (0: all)")
-    p.add_argument("--image-size", type=int, default=64, help="input resolution (0: the encoder's own)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help=f"input resolution, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px (0: the encoder's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .npy file")
     p.set_defaults(func=cmd_embed)

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .config import DEFAULT_FINETUNED
+from .config import DEFAULT_FINETUNED, check_image_size
 from .errors import ProxyFDAError
 from .paths import bundled_efficientnet_lite0_weights, file_digest
 from .runs import CHECKPOINT, CONFIG, Run, default_run_dir, default_run_ready
@@ -71,11 +71,14 @@ def create_encoder(spec: str, *, image_size: int | None = None, device: "str | t
     Args:
         spec: what to load, e.g. ``"efficientnet-lite0"`` or ``"run:runs/naive"``.
         image_size: input resolution; defaults to the model's own (a run's: the one it trained at).
+            None or 0 mean that; otherwise it must lie in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE] (proxyfda.config).
         device: where to put it.
         load_weights: False builds the architecture only (used when a checkpoint follows).
     """
     from .device import resolve_device
 
+    if image_size is not None:
+        check_image_size(image_size)
     spec = canonical_spec(spec)
     prefix, _, arg = spec.partition(":")
     if prefix == "run":
