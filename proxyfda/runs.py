@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import DEFAULT_FINETUNE, FinetuneConfig
 from .errors import ProxyFDAError
-from .paths import atomic_write_bytes, atomic_write_text, cache_dir
+from .paths import atomic_write_bytes, atomic_write_text, cache_dir, check_writable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -232,36 +232,19 @@ def _remove_temporaries(path: Path) -> list[Path]:
 
 
 def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
-    """``run_dir`` if a new run may be written there, else a clear error; nothing is written.
+    """``run_dir`` if a new run may be written there, else a clear error; nothing is left written.
 
     It must be a new or empty folder in a place that can be written, or, with ``overwrite``, hold a
     run (never other files: those are not the runs' to delete) that no process is writing.
     """
-    path = Path(run_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ProxyFDAError(f"the run directory {path} is a file, not a folder; choose another output folder")
-    _check_writable(path)
+    path = check_writable(run_dir)  # where it is created or filled (the file system's own answer)
     if path.is_dir():
+        check_writable(path.parent)  # where a replacement is built beside it
         pid = writer_pid(path, attempts=LOCK_ATTEMPTS)
         if pid is not None:
             raise ProxyFDAError(_busy_message(path, pid))
         _check_occupant(path, overwrite)
     return path
-
-
-def _check_writable(path: Path) -> None:
-    """The folder a run is created in (and, for an existing one, the folder itself) can be written."""
-    places = [path] if path.is_dir() else []
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    for place in [*places, ancestor]:
-        if not place.is_dir():
-            raise ProxyFDAError(f"cannot create the run directory {path}: {place} is a file, not a folder; "
-                                "choose another output folder")
-        if not os.access(place, os.W_OK | os.X_OK):
-            raise ProxyFDAError(f"cannot write the run directory {path}: {place} is not writable (permissions, "
-                                "or a read-only file system); choose another output folder")
 
 
 def _occupants(path: Path) -> list[str]:

@@ -293,3 +293,18 @@ def test_a_broken_config_is_a_clear_error(tmp_path, capsys, config, says):
                  str(tmp_path / "f.npy")]) == 2
     error = capsys.readouterr().err
     assert f"{tmp_path / 'r' / 'config.json'}" in error and says in error
+
+
+def test_the_drift_explorer_warns_when_it_shows_a_run_that_did_not_complete(tiny_run, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PROXYFDA_ALLOW", str(tmp_path))  # the app reads runs under its allowed folders only
+    stopped = copy_run(tiny_run, tmp_path / "stopped", status="stopped", steps_done=2)
+    at = AppTest.from_file(str(ROOT / "pages" / "drift_explorer.py"), default_timeout=120)
+    # an unknown pre-trained spec ends the page right after the warnings, before any embedding
+    for key, value in {"drift.cfg.data": "digits:test", "drift.cfg.n": 120, "drift.cfg.image_size": 32,
+                       "drift.cfg.pretrained": "no-such-encoder", "drift.cfg.finetuned": f"run:{stopped}"}.items():
+        at.session_state[key] = value
+    at.run()
+    assert [w.value for w in at.warning if "did not complete" in w.value] == [Run.open(stopped).incomplete_note()]
+    assert not at.exception
