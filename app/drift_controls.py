@@ -11,8 +11,9 @@ import dataclasses
 
 import streamlit as st
 
-from proxyfda.config import DriftConfig
+from proxyfda.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, DriftConfig
 from proxyfda.data import list_datasets
+from proxyfda.errors import ProxyFDAError
 from proxyfda.knn import available_backends
 from proxyfda.projection import PROJECTION_METHODS
 
@@ -56,7 +57,8 @@ def drift_controls() -> tuple[DriftConfig, str, bool]:
         st.text_input("Compare with (optional)", key=_key("compare"), placeholder="a second fine-tuned encoder",
                       help="A second fine-tune of the same pre-trained encoder, e.g. run:<dir> of a naive run beside "
                            "a Proxy-FDA one: the Three-way tab shows what each kept that the other lost.")
-        st.number_input("Input resolution (px; 0 = each encoder's own)", min_value=0, step=16, key=_key("image_size"))
+        st.number_input("Input resolution (px; 0 = each encoder's own)", min_value=0, max_value=MAX_IMAGE_SIZE,
+                        step=16, key=_key("image_size"), help=f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} px, or 0")
         with st.expander("Advanced"):
             st.selectbox("kNN backend", ["auto", *available_backends()], key=_key("knn_backend"))
             st.selectbox("Map alignment", PROJECTION_METHODS, key=_key("projection"),
@@ -68,6 +70,10 @@ def drift_controls() -> tuple[DriftConfig, str, bool]:
     sidebar.radio("Colour points by", COLOR_OPTIONS, key="drift.color_by", horizontal=True)
     sidebar.toggle("Show thumbnails", key="drift.show_images", help="Turn off for large selections.")
     values = {name: st.session_state[_key(name)] for name in FIELDS}
-    config = DriftConfig(**values)
+    try:
+        config = DriftConfig(**values)
+    except ProxyFDAError as exc:  # a value the widgets allow but the config refuses, e.g. a 16 px input
+        st.error(str(exc))
+        st.stop()
     write_query_params(values, DEFAULTS, PREFIX)
     return config, st.session_state["drift.color_by"], st.session_state["drift.show_images"]

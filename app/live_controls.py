@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from proxyfda.config import FinetuneConfig
+from proxyfda.config import MIN_IMAGE_SIZE, FinetuneConfig
 from proxyfda.data import list_datasets
 from proxyfda.losses.fda import FDA_PRESETS
 from proxyfda.methods import METHODS, get_method
@@ -69,7 +69,8 @@ def live_controls() -> tuple[FinetuneConfig, bool]:
         st.number_input("Steps", min_value=1, max_value=5000, step=50, key=_key("steps"))
         st.number_input("Evaluate every (steps)", min_value=1, max_value=1000, key=_key("eval_every"),
                         help="Each evaluation adds a point to the curves and a snapshot of the probe's features.")
-        st.number_input("Input resolution (px)", min_value=16, max_value=512, step=16, key=_key("image_size"))
+        st.number_input("Input resolution (px)", min_value=MIN_IMAGE_SIZE, max_value=512, step=16,
+                        key=_key("image_size"))
         st.number_input("Seed", min_value=0, step=1, key=_key("seed"))
     values = {name: st.session_state[_key(name)] for name in LIVE_DEFAULTS}
     config = FinetuneConfig(reg_options=reg_options, **values)

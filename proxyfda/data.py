@@ -293,7 +293,8 @@ def _usable(file: Path, seen: dict[tuple[int, int], Path], skipped: list[tuple[s
         skipped.append((str(file), f"cannot be read ({first_line(exc)})"))
         return False
     identity = (stat.st_dev, stat.st_ino)
-    reason = (f"the same file as {seen[identity]}, listed already" if identity in seen else None) or _image_problem(file)
+    listed = seen.get(identity)
+    reason = f"the same file as {listed}, listed already" if listed else _image_problem(file)
     if reason:
         skipped.append((str(file), reason))
         return False

@@ -116,12 +116,26 @@ def test_maps_from_cache_and_injected_selection(tiny_default):
     ({"drift.cfg.finetuned": "run:/etc"}, "outside the folders this app may read"),
     ({"drift.cfg.pretrained": "efficientnet-lite0:{cache}/../../../../../../../../../../etc/passwd"}, "outside the folders"),
     ({"drift.cfg.n": 10**9}, "more than this app embeds"),
+    ({"drift.cfg.image_size": 16}, "image size must be between 32 and 1024 px, or 0"),
 ])
 def test_bad_input_is_a_clear_error_not_a_crash(tiny_default, state, message):
     at = page(**{key: value.format(cache=tiny_default) if isinstance(value, str) else value
                  for key, value in state.items()})
     assert not at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_the_page_says_when_the_set_holds_fewer_images_than_asked(tiny_default, monkeypatch):
+    from app import pipeline
+    from proxyfda.errors import ProxyFDAError
+
+    def no_features(config, images):  # the notes are shown before any embedding: stop there
+        raise ProxyFDAError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "load_features", no_features)
+    at = page(**{"drift.cfg.n": 5000})
+    assert not at.exception
+    assert any("asked for 5,000 images but digits:test holds only 359" in i.value for i in at.info)
 
 
 def test_selection_parser_reads_row_ids_from_custom_data():
