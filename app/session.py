@@ -60,10 +60,21 @@ KEPT_PAGES = {"drift.cfg.": (), "drift.color_by": (), "drift.show_images": (), "
               "teach.": ("teach.step10", "teach.step100", "teach.reset"), "debug.": ("debug.compare",)}
 
 
+#: where `keep_widget_values` keeps a copy of each kept value, out of reach of Streamlit's widget clean-up
+SHADOW = "kept:"
+
+
 def keep_widget_values() -> None:
     """Keep those pages' widget values while another page is shown. Streamlit forgets the state of
     widgets that were not drawn in a run; writing each value back on every run (the router calls this)
-    stops that."""
+    stops that. A copy under a plain key (`SHADOW`) brings a value back when Streamlit drops it anyway:
+    a ``run_every`` fragment (the Drift Explorer's map poller) that fires after the user left its page
+    evicts the written-back values (streamlit/streamlit#10805)."""
+    state = st.session_state
     for prefix, buttons in KEPT_PAGES.items():
-        for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix) and k not in buttons]:
-            st.session_state[key] = st.session_state[key]
+        for shadow in [k for k in state if isinstance(k, str) and k.startswith(SHADOW + prefix)]:
+            key = shadow.removeprefix(SHADOW)
+            if key not in state:
+                state[key] = state[shadow]
+        for key in [k for k in state if isinstance(k, str) and k.startswith(prefix) and k not in buttons]:
+            state[key] = state[SHADOW + key] = state[key]

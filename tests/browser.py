@@ -28,6 +28,18 @@ MAPS_DRAWN = ("(() => { const g = document.querySelectorAll('.stPlotlyChart .js-
               " && g[0]._fullData[0]._length > 0 && g[1]._fullData[0]._length > 0; })()")
 
 
+#: url -> process id of each running app server (for tests that watch its memory)
+SERVER_PIDS: dict[str, int] = {}
+
+
+def resident_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -51,7 +63,9 @@ def app_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> Iter
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the app did not start on port {port} (exit code {server.poll()})")
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        SERVER_PIDS[url] = server.pid
+        yield url
     finally:
         server.terminate()
         try:

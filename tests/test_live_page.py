@@ -104,10 +104,18 @@ def test_a_second_tab_waits_its_turn_and_keeps_its_own_run(runs_dir):
 
 
 def test_a_failed_run_says_why(runs_dir):
-    at = live_page(**{"live.cfg.data": "folder:/nonexistent/images"})
+    missing = runs_dir / "no-such-images"  # inside the app's folders, so the run starts and then fails
+    at = live_page(**{"live.cfg.data": f"folder:{missing}"})
     button(at, "Start fine-tune").click().run()
     poll_until(at, finished)
-    assert at.error[0].value.startswith("The run failed:") and "/nonexistent/images" in at.error[0].value
+    assert at.error[0].value.startswith("The run failed:") and str(missing) in at.error[0].value
+
+
+def test_a_run_on_a_folder_outside_the_apps_folders_is_refused_before_it_starts(runs_dir):
+    at = live_page(**{"live.cfg.data": "folder:/etc"})
+    button(at, "Start fine-tune").click().run()
+    assert not at.exception and "outside the folders this app may read" in at.error[0].value
+    assert not any(runs_dir.iterdir())
 
 
 def test_safe_is_offered_only_for_open_clip_resnets(runs_dir):
