@@ -68,6 +68,7 @@ FULL = (
 )
 QUICK = (Sweep("naive"), Sweep("wise-ft", "alpha", (0.5, 1.0)), Sweep("fda", "weight", (0.3, 3.0), "ours"))
 MATCHED_DROPS = (0.5, 1.0, 2.0)  # points of A_LP below naive
+DOMINANCE_OF = ("proxy-fda (ours)", "proxy-fda (paper)")  # whose frontier is compared with every other's
 
 
 def run_sweeps(sweeps, seeds, base: FinetuneConfig, runs_dir: Path) -> list[dict]:
@@ -130,6 +131,17 @@ def measure(rows: list[dict], held_out: dict[str, int] | None, k: int = 10) -> l
     return rows
 
 
+def at_matched_accuracy(rows: list[dict], label: str, seed: int, drop: float) -> float | None:
+    """One seed's mean ΔLP of ``label``, interpolated along its frontier at A_LP = that seed's naive − ``drop``
+    points; None where the target lies outside the method's range of accuracies."""
+    naive_acc = frontier(rows, "naive", seed)[0][0]
+    acc, delta = frontier(rows, label, seed)
+    target = naive_acc - drop
+    if len(acc) and acc.min() <= target <= acc.max():
+        return float(np.interp(target, acc, delta))
+    return None
+
+
 def matched_table(rows: list[dict]) -> dict[str, dict[str, list[float] | None]]:
     """Per method: mean ΔLP interpolated at A_LP = naive − d (per seed), as [mean, sd, seeds], or None
     where the target lies outside the method's frontier."""
@@ -138,15 +150,36 @@ def matched_table(rows: list[dict]) -> dict[str, dict[str, list[float] | None]]:
     for label in dict.fromkeys(r["label"] for r in rows):
         table[label] = {}
         for drop in MATCHED_DROPS:
-            values = []
-            for seed in seeds:
-                naive_acc = frontier(rows, "naive", seed)[0][0]
-                acc, delta = frontier(rows, label, seed)
-                target = naive_acc - drop
-                if len(acc) and acc.min() <= target <= acc.max():
-                    values.append(float(np.interp(target, acc, delta)))
+            values = [v for seed in seeds if (v := at_matched_accuracy(rows, label, seed, drop)) is not None]
             table[label][f"naive-{drop:g}"] = [float(np.mean(values)), float(np.std(values)), len(values)] if values else None
     return table
+
+
+def dominance(rows: list[dict], method: str) -> dict[str, dict[str, dict | None]]:
+    """Does ``method``'s frontier lie above each other method's? At each matched accuracy (naive − d), the
+    per-seed difference ΔLP(method) − ΔLP(other) (positive: ``method`` forgets less at the same task
+    accuracy), paired by seed: its mean and a 95 % t-interval over the seeds where both reach the target."""
+    from scipy import stats
+
+    seeds = sorted({r["seed"] for r in rows})
+    result: dict[str, dict] = {}
+    for other in dict.fromkeys(r["label"] for r in rows):
+        if other in (method, "naive"):
+            continue
+        result[other] = {}
+        for drop in MATCHED_DROPS:
+            gaps = []
+            for seed in seeds:
+                mine, theirs = (at_matched_accuracy(rows, label, seed, drop) for label in (method, other))
+                if mine is not None and theirs is not None:
+                    gaps.append(mine - theirs)
+            cell = None
+            if gaps:
+                mean = float(np.mean(gaps))
+                half = float(stats.t.ppf(0.975, len(gaps) - 1) * stats.sem(gaps)) if len(gaps) > 1 else float("nan")
+                cell = {"mean": mean, "ci": [mean - half, mean + half], "seeds": len(gaps)}
+            result[other][f"naive-{drop:g}"] = cell
+    return result
 
 
 def correlations(rows: list[dict], resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
@@ -198,6 +231,10 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _interval(cell: dict | None) -> str:
+    return "out of range" if cell is None else f"{cell['mean']:+.2f} [{cell['ci'][0]:+.2f}, {cell['ci'][1]:+.2f}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, two strengths, three methods, 40 steps")
@@ -215,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(run_sweeps(sweeps, seeds, base, runs_dir), QUICK_HELD_OUT if args.quick else None)
     result = {"command": "python benchmarks/tradeoff.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "steps": steps, "seeds": seeds, "runs": rows, "matched": matched_table(rows),
-              "correlation_with_delta_LP": correlations(rows)}
+              "correlation_with_delta_LP": correlations(rows),
+              "dominance": {label: dominance(rows, label) for label in DOMINANCE_OF if any(r["label"] == label for r in rows)}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tradeoff.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -224,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, cells in result["matched"].items():
         print(f"{label:<20}" + "".join(f"{'out of range' if c is None else f'{c[0]:+.2f} ± {c[1]:.2f}':>18}"
                                        for c in cells.values()))
+    for label, against in result["dominance"].items():
+        print(f"\n{label} minus each method at matched accuracy (points of ΔLP; > 0: {label} forgets less)")
+        for other, cells in against.items():
+            print(f"  {other:<18}" + "".join(f"{_interval(c):>26}" for c in cells.values()))
     corr = result["correlation_with_delta_LP"]
     print(f"ΔLP vs OT: r = {corr['otdd']['pearson']:+.2f} {corr['otdd']['ci']}; vs L2: r = {corr['l2']['pearson']:+.2f} "
           f"{corr['l2']['ci']} over {corr['n_runs']} runs")

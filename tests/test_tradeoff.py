@@ -35,6 +35,24 @@ def test_matched_table_interpolates_each_seed_along_the_frontier():
     assert table["naive"]["naive-1"] is None  # a single point has no frontier to interpolate on
 
 
+def test_dominance_pairs_seeds_and_gives_a_t_interval():
+    """Proxy-FDA minus another method at matched accuracy, per seed, against a hand computation."""
+    from scipy import stats
+
+    rows = [row("naive", None, s, 98.0, -6.0) for s in range(3)]
+    for seed, shift in enumerate((0.5, 1.0, 2.0)):  # the other method forgets 0.5, 1, 2 points more
+        rows += [row("proxy-fda (ours)", 3.0, seed, 96.0, -1.0), row("proxy-fda (ours)", 0.3, seed, 98.0, -4.0),
+                 row("l2sp", 5.0, seed, 96.0, -1.0 - shift), row("l2sp", 0.05, seed, 98.0, -4.0 - shift),
+                 row("ldifs", 1.0, seed, 97.8, -2.0)]  # one point: never at the targets
+    result = tradeoff.dominance(rows, "proxy-fda (ours)")
+    cell = result["l2sp"]["naive-1"]
+    gaps = [0.5, 1.0, 2.0]
+    half = stats.t.ppf(0.975, 2) * np.std(gaps, ddof=1) / np.sqrt(3)
+    assert cell["mean"] == pytest.approx(np.mean(gaps)) and cell["seeds"] == 3
+    assert cell["ci"] == pytest.approx([np.mean(gaps) - half, np.mean(gaps) + half])
+    assert result["ldifs"]["naive-1"] is None and "naive" not in result and "proxy-fda (ours)" not in result
+
+
 def test_correlations_come_with_bootstrap_intervals():
     rng = np.random.default_rng(0)
     otdd = rng.random(30)
