@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from proxyfda.config import DriftConfig, FinetuneConfig
-from proxyfda.data import spec_path
+from proxyfda.data import ImageSet, spec_path
 from proxyfda.encoders import spec_paths
 from proxyfda.errors import ProxyFDAError
 from proxyfda.paths import cache_dir, confine, data_dir, extra_roots
@@ -38,6 +38,16 @@ def check_specs(data: Iterable[str] = (), encoders: Iterable[str] = ()) -> None:
     for spec in encoders:
         for path in spec_paths(spec):
             confine(path, roots)
+
+
+def check_images(images: ImageSet) -> None:
+    """Refuse a folder whose files lead outside `allowed_roots` (a linked class folder or file pointing
+    elsewhere on the server): the folder itself was checked, what it links to must be too."""
+    if images.paths is None or spec_path(images.spec) is None:
+        return  # a bundled set: read from the installed package, not from a visitor's path
+    roots = allowed_roots()
+    for path in images.paths:
+        confine(path, roots)
 
 
 def check_drift_config(config: DriftConfig) -> None:

@@ -39,6 +39,29 @@ def focus_from_url() -> None:
         st.session_state[FOCUS_KEY] = int(raw)
 
 
+TAB_PARAM = "tab"  # the open tab under the maps in the address bar (omitted for the first)
+TAB_APPLIED_KEY = "drift.tab_applied"
+
+
+def tab_from_url(labels: list[str]) -> None:
+    """Open the tab the address names (``?tab=Class drift``), once per new value; call before the tabs."""
+    raw = st.query_params.get(TAB_PARAM)
+    if raw is None or raw == st.session_state.get(TAB_APPLIED_KEY):
+        return
+    st.session_state[TAB_APPLIED_KEY] = raw
+    if raw in labels:
+        st.session_state[TAB_KEY] = raw
+
+
+def tab_to_url(labels: list[str]) -> None:
+    """Put the open tab in the address, so a link reopens it; call after the tabs."""
+    current = st.session_state.get(TAB_KEY)
+    if current in labels and current != labels[0]:
+        st.query_params[TAB_PARAM] = st.session_state[TAB_APPLIED_KEY] = current
+    elif TAB_PARAM in st.query_params:
+        del st.query_params[TAB_PARAM]
+
+
 def clear_selection() -> None:
     st.session_state[SELECTION_KEY] = []
 

@@ -32,6 +32,7 @@ try:
     guard.check_drift_config(config)
     images = get_images(config.data, config.n, config.seed)
     guard.check_count(len(images))
+    guard.check_images(images)
     for note in images.notes:  # e.g. fewer images than asked for
         st.info(note)
     if images.skipped:
@@ -131,7 +132,9 @@ if both is not None:
         three_way_view(both, images, three, color_by, show_images)
 
     VIEWS = {"Three-way": three_way_tab, **VIEWS}
+session.tab_from_url(list(VIEWS))
 for tab, view in zip(st.tabs(list(VIEWS), key=session.TAB_KEY, on_change="rerun"), VIEWS.values()):
     if tab.open:
         with tab:
             view(report)
+session.tab_to_url(list(VIEWS))

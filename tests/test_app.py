@@ -206,6 +206,19 @@ def test_a_link_opens_on_its_point_and_the_point_travels_in_the_address(tiny_def
     assert at.query_params["point"] == "23" and "**Point 23**" in markdown_text(at)
 
 
+def test_a_link_opens_on_its_tab_and_the_open_tab_travels_in_the_address(tiny_default):
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in SMALL.items():
+        at.session_state[key] = value
+    at.query_params["tab"] = "Class drift"
+    at.run()
+    assert not at.exception and at.session_state[TAB_KEY] == "Class drift"
+    assert at.query_params["tab"] == "Class drift" and at.get("plotly_chart")  # the class heatmap is drawn
+    at.session_state[TAB_KEY] = "Most drifted"  # the first tab: the address stays short
+    at.run()
+    assert "tab" not in at.query_params
+
+
 def test_three_way_tab_compares_two_fine_tunes(tiny_run, tmp_path):
     """A second run as 'compare': three linked maps, the points they treat most differently, and a point's
     pre-trained neighbours split by which fine-tune kept them."""

@@ -49,6 +49,24 @@ def test_every_path_a_request_names_is_confined(tmp_path, monkeypatch):
     guard.check_drift_config(DriftConfig(**{**ok.to_dict(), "finetuned": f"run:{tmp_path}"}))
 
 
+def test_a_folder_whose_links_lead_outside_is_refused(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from proxyfda.data import load_images
+
+    monkeypatch.setenv("PROXYFDA_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("PROXYFDA_ALLOW", raising=False)
+    for folder in (tmp_path / "data" / "pets" / "cats", tmp_path / "secret"):
+        folder.mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "a.png")
+    guard.check_images(load_images(f"folder:{tmp_path}/data/pets"))
+    (tmp_path / "data" / "pets" / "dogs").symlink_to(tmp_path / "secret")
+    with pytest.raises(ProxyFDAError, match="outside the folders"):
+        guard.check_images(load_images(f"folder:{tmp_path}/data/pets"))
+    guard.check_images(load_images("digits:test"))  # bundled sets live in the installed packages
+
+
 def test_a_request_for_too_many_images_is_refused():
     guard.check_count(guard.MAX_IMAGES)
     with pytest.raises(ProxyFDAError, match="more than this app embeds"):
