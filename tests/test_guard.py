@@ -114,7 +114,8 @@ def test_a_first_start_asks_nothing_and_listens_on_this_machine_only(tmp_path):
     """`streamlit run app/main.py` as on a fresh machine (no ~/.streamlit, no terminal, not headless): the
     shipped settings skip Streamlit's e-mail prompt, and the app listens on 127.0.0.1 only."""
     port = _free_port()
-    env = {**os.environ, "HOME": str(tmp_path), "BROWSER": "true"}  # `true`: opening a browser does nothing
+    env = {**os.environ, "HOME": str(tmp_path), "BROWSER": "true",  # `true`: opening a browser does nothing
+           "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
                                 "--server.port", str(port), "--server.headless", "false"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -128,6 +129,7 @@ def test_a_first_start_asks_nothing_and_listens_on_this_machine_only(tmp_path):
             except OSError:
                 time.sleep(0.3)
         assert process.poll() is None, process.stdout.read()
+        time.sleep(1.0)  # the address lines follow the port's opening
         other = _other_address()
         if other is not None:
             with pytest.raises(OSError):
