@@ -12,7 +12,7 @@ app: install
 	python3 -m proxyfda app
 
 test: install-test
-	python3 -m pytest -q
+	python3 -m pytest -q --durations=15
 
 bench: install-test
 	python3 benchmarks/bench_core.py

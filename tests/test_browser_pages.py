@@ -52,11 +52,11 @@ def test_drift_explorer_three_way_view(tmp_path):
 
     specs = []
     for method in ("naive", "fda"):
-        config = dataclasses.replace(TINY_FINETUNE, method=method, steps=20, batch_size=32,
+        config = dataclasses.replace(TINY_FINETUNE, method=method, steps=10, batch_size=32,
                                      classes_per_batch=8)
         finetune(config, tmp_path / method)
         specs.append(f"run:{tmp_path / method}")
-    link = (f"?data=digits:test&n=300&k=10&image_size=32&finetuned={specs[0]}&compare={specs[1]}")
+    link = (f"?data=digits:test&n=200&k=10&image_size=32&finetuned={specs[0]}&compare={specs[1]}")
     with app_server() as url, chromium_page(height=1700) as page:
         page.goto(f"{url}/{link}")
         page.get_by_role("tab", name="Three-way").click(timeout=600_000)
