@@ -20,6 +20,8 @@ from proxyfda.drift import DriftReport, cached_drift, compare_features, drift_fe
 from proxyfda.encoders import names_default
 from proxyfda.runs import default_run_ready
 
+from app import guard
+
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def get_encoder(spec: str, image_size: int | None):
@@ -32,7 +34,11 @@ def get_encoder(spec: str, image_size: int | None):
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def get_images(data: str, n: int, seed: int) -> ImageSet:
-    return load_images(data, n=n or None, seed=seed)
+    """The images of a request, once per (data, n, seed): a folder's files are checked to lie inside the
+    app's folders here, not on every rerun."""
+    images = load_images(data, n=n or None, seed=seed)
+    guard.check_images(images)
+    return images
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -54,6 +54,7 @@ try:
     guard.check_specs(data=[data])
     with st.spinner("Embedding the batch with both encoders…"):
         batch = cached_batch(state, data.strip(), batch_size, seed)
+    guard.check_images(batch.images)
 except ProxyFDAError as exc:
     st.error(f"{exc}")
     st.stop()
