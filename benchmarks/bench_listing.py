@@ -27,26 +27,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxyfda import data, paths  # noqa: E402
 
 
+def _opened(path: Path, action: Callable) -> str | None:
+    """None when ``action`` on the opened image succeeds, else the name of what it raised."""
+    try:
+        with Image.open(path) as image:
+            action(image)
+    except Exception as exc:
+        return type(exc).__name__
+    return None
+
+
 def verify_only(path: Path) -> str | None:
     """The check before: the suffix and PIL's ``verify()``."""
     if path.suffix.lower() not in data.IMAGE_SUFFIXES:
         return "not an image"
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as exc:
-        return type(exc).__name__
-    return None
+    return _opened(path, lambda image: image.verify())
 
 
 def full_decode(path: Path) -> str | None:
     """Every pixel at full scale."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return type(exc).__name__
-    return None
+    return _opened(path, lambda image: image.load())
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:

@@ -195,23 +195,25 @@ def test_the_address_bar_carries_the_config_both_ways(tiny_default):
     assert at.query_params["k"] == "9" and at.query_params["n"] == "120" and "pretrained" not in at.query_params
 
 
-def test_a_link_opens_on_its_point_and_the_point_travels_in_the_address(tiny_default):
+def linked_page(**params) -> AppTest:
+    """The page opened from a link carrying ``params`` in its address."""
     at = AppTest.from_file(PAGE, default_timeout=300)
     for key, value in SMALL.items():
         at.session_state[key] = value
-    at.query_params["point"] = "17"
-    at.run()
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def test_a_link_opens_on_its_point_and_the_point_travels_in_the_address(tiny_default):
+    at = linked_page(point="17")
     assert not at.exception and "**Point 17**" in markdown_text(at)
     at.number_input(key="drift.focus_input.17").set_value(23).run()
     assert at.query_params["point"] == "23" and "**Point 23**" in markdown_text(at)
 
 
 def test_a_link_opens_on_its_tab_and_the_open_tab_travels_in_the_address(tiny_default):
-    at = AppTest.from_file(PAGE, default_timeout=300)
-    for key, value in SMALL.items():
-        at.session_state[key] = value
-    at.query_params["tab"] = "Class drift"
-    at.run()
+    at = linked_page(tab="Class drift")
     assert not at.exception and at.session_state[TAB_KEY] == "Class drift"
     assert at.query_params["tab"] == "Class drift" and at.get("plotly_chart")  # the class heatmap is drawn
     at.session_state[TAB_KEY] = "Most drifted"  # the first tab: the address stays short
