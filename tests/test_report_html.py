@@ -99,7 +99,8 @@ def test_every_user_string_is_escaped(page):
 
 def test_the_maps_carry_every_point_with_its_drift_in_the_hover(analysis, page):
     report = analysis[0]
-    hovers = re.findall(r"id (\d+) · [^\"]*overlap@5 (\d\.\d\d) · L2 drift", page)
+    dot = r"(?:·|\\u00b7)"  # plotly writes "·" as is (with orjson installed) or escaped (without)
+    hovers = re.findall(rf"id (\d+) {dot} [^\"]*overlap@5 (\d\.\d\d) {dot} L2 drift", page)
     assert len(hovers) == 2 * report.n  # one per point in each map
     assert {int(i): float(o) for i, o in hovers} == {i: round(float(o), 2) for i, o in enumerate(report.overlap)}
 
