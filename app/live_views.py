@@ -51,12 +51,20 @@ def tradeoff_figure(sweep_rows: list[dict], measured: list[dict]) -> go.Figure:
     sweep (means over seeds, single runs faint), and this machine's measured runs as labelled stars."""
     from proxyfda.forgetting import frontier
 
+    from plotly.colors import qualitative
+
     fig = go.Figure()
-    for label in dict.fromkeys(r["label"] for r in sweep_rows):
+    others = [label for label in dict.fromkeys(r["label"] for r in sweep_rows) if label != "naive"]
+    colours = {"naive": "black", **{label: qualitative.D3[i % len(qualitative.D3)] for i, label in enumerate(others)}}
+    for label, colour in colours.items():
         mine = [r for r in sweep_rows if r["label"] == label]
+        if not mine:
+            continue
         acc, delta = frontier(sweep_rows, label)
-        line = fig.add_scatter(x=acc, y=delta, mode="lines+markers", name=label, legendgroup=label)
-        colour = line.data[-1].line.color
+        naive = label == "naive"  # one point (no strength to sweep): a star, as in docs/results/tradeoff
+        fig.add_scatter(x=acc, y=delta, mode="markers" if naive else "lines+markers", name=label, legendgroup=label,
+                        line=dict(color=colour), marker=dict(color=colour, size=14 if naive else 7,
+                                                             symbol="star" if naive else "circle"))
         fig.add_scatter(x=[100 * r["A_LP"] for r in mine], y=[100 * r["delta_LP"]["mean"] for r in mine],
                         mode="markers", marker=dict(size=5, opacity=0.3, color=colour), legendgroup=label,
                         showlegend=False, hovertext=[f"{label} · strength {r['strength']} · seed {r['seed']}"

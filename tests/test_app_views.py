@@ -228,3 +228,19 @@ def test_a_click_on_one_point_selects_and_focuses_it(report):
     assert [t["name"] for t in specs["drift.map_b"]["data"]] == ["points", "neighbours", "focus"]
     shown = _panel_sets(at)
     assert shown["kept"] == {5} and shown["lost"] == {3} and shown["gained"] == {2}
+
+
+def test_the_tradeoff_figure_gives_each_method_its_own_colour_and_naive_a_star():
+    from app.live_views import tradeoff_figure
+    from app.routes import TRADEOFF_RESULTS
+    from proxyfda.forgetting import frontier
+
+    rows = json.loads(TRADEOFF_RESULTS.read_text())["runs"]
+    fig = tradeoff_figure(rows, [{"run": "mine", "A_LP": 0.97, "delta_LP": -0.01}])
+    lines = [t for t in fig.data if t.showlegend is not False and t.name != "your runs"]
+    assert [t.name for t in lines] == ["naive", *[x for x in dict.fromkeys(r["label"] for r in rows) if x != "naive"]]
+    assert len({t.marker.color for t in lines}) == len(lines)  # ten methods and presets, ten colours
+    assert lines[0].marker.symbol == "star" and lines[0].mode == "markers"
+    for trace in lines:
+        np.testing.assert_allclose(trace.x, frontier(rows, trace.name)[0])
+    assert fig.data[-1].name == "your runs" and list(fig.data[-1].y) == [-1.0]
