@@ -24,12 +24,12 @@ st.caption("The same images through a pre-trained and a fine-tuned encoder: whic
            "fine-tuning? Drift is measured on the k-NN graphs of the full feature spaces; the 2D maps are a guide.")
 
 config, color_by, show_images = drift_controls()
-for run in filter(None, map(spec_run, filter(None, (config.pretrained, config.finetuned, config.compare)))):
-    if note := run.incomplete_note():  # a stopped, diverged or interrupted run is shown, but not silently
-        st.warning(note)
 
 try:
-    guard.check_drift_config(config)
+    guard.check_drift_config(config)  # first: no run is opened, and no folder read, outside the app's folders
+    for run in filter(None, map(spec_run, filter(None, (config.pretrained, config.finetuned, config.compare)))):
+        if note := run.incomplete_note():  # a stopped, diverged or interrupted run is shown, but not silently
+            st.warning(note)
     images = get_images(config.data, config.n, config.seed)
     guard.check_count(len(images))
     for note in images.notes:  # e.g. fewer images than asked for
