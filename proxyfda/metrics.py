@@ -6,7 +6,7 @@ Per-point scores are numpy arrays [N]; global scores are floats. Inputs are chec
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,12 @@ from .knn import knn_graph
 from .validation import (check_block_size, check_choice, check_features, check_graph, check_graphs, check_k,
                          check_same_n, rescaled, row_norms, unit_rows)
 
-#: float64 elements of one [block, N] distance block in the rank computation (64 MB)
-_RANK_BLOCK_ELEMENTS = 1 << 23
+#: bytes of one [block, N] distance block in the rank computation
+_RANK_BLOCK_BYTES = 1 << 26
+#: ranks are computed in float64 while a float64 copy of a space fits in this many bytes (`rank_dtype`)
+_RANK_FLOAT64_BYTES = 1 << 28
+#: rows per block when the d×d Gram matrices of CKA and Procrustes are accumulated (float64 blocks)
+_GRAM_BLOCK_ROWS = 2048
 
 # ---------------------------------------------------------------- neighbourhood agreement
 
@@ -90,7 +94,7 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
                      neighbours: Any, names: tuple[str, str]) -> float:
     """sklearn's T(k): neighbourhoods found in x_searched, penalised by their ranks in x_ranked."""
     check_choice(metric, ("euclidean", "cosine"), "metric")
-    ranked, searched = _paired(x_ranked, x_searched, *names)
+    ranked, searched = paired(x_ranked, x_searched, *names)
     n = ranked.shape[0]
     k = check_k(k, n)
     if k >= n / 2:
@@ -103,26 +107,44 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
         ranked, searched = rescaled(ranked), rescaled(searched)
     if neighbours is None:  # on unit rows the inner product orders neighbours as cosine does
         neighbours = knn_graph(searched, k, metric="l2" if metric == "euclidean" else "ip").indices
-    block_size = check_block_size(block_size, max(1, _RANK_BLOCK_ELEMENTS // n))
-    return _intrusion_score(ranked, _check_neighbours(neighbours, n, k), metric, block_size)
+    dtype = rank_dtype(*ranked.shape)
+    block_size = check_block_size(block_size, _rank_block_size(n, dtype))
+    return _intrusion_score(ranked.astype(dtype, copy=False), _check_neighbours(neighbours, n, k), metric, block_size)
 
 
-def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray,
-                      idx_b: np.ndarray) -> tuple[float, float]:
+def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[float, float]:
     """(trustworthiness, continuity) of space B w.r.t. space A with the cosine metric, for callers
     that have checked everything once already: unit rows of both spaces and their self-free kNN
     graphs [N, k] with k < N/2 (as `proxyfda.drift.compute_drift` has). Equal to
     ``trustworthiness(a, b, k, "cosine", neighbours=idx_b)`` and ``continuity(a, b, k, "cosine",
-    neighbours=idx_a)``."""
-    a, b = unit_a.astype(np.float64, copy=False), unit_b.astype(np.float64, copy=False)
-    block_size = max(1, _RANK_BLOCK_ELEMENTS // len(a))
-    return (_intrusion_score(a, idx_b, "cosine", block_size), _intrusion_score(b, idx_a, "cosine", block_size))
+    neighbours=idx_a)``; ranked in `rank_dtype` (float32 for large spaces). ``progress(rows done, 2N)``
+    hears after each block: at N=100k both passes take minutes."""
+    n = len(unit_a)
+    dtype = rank_dtype(n, max(unit_a.shape[1], unit_b.shape[1]))
+    block_size = _rank_block_size(n, dtype)
+    done = (lambda rows: progress(rows, 2 * n)) if progress else None
+    trust = _intrusion_score(unit_a.astype(dtype, copy=False), idx_b, "cosine", block_size, done)
+    later = (lambda rows: progress(n + rows, 2 * n)) if progress else None
+    return trust, _intrusion_score(unit_b.astype(dtype, copy=False), idx_a, "cosine", block_size, later)
 
 
-def _intrusion_score(ranked: np.ndarray, neighbours: np.ndarray, metric: str, block_size: int) -> float:
+def rank_dtype(n: int, d: int) -> type:
+    """The precision ranks are computed in: float64 while a float64 copy of the [n, d] space stays under
+    `_RANK_FLOAT64_BYTES` (bit-for-bit sklearn's ranks), float32 beyond (half the memory, twice the
+    matmul speed; a distance tie closer than float32's resolution may then count as strictly closer)."""
+    return np.float64 if n * d * 8 <= _RANK_FLOAT64_BYTES else np.float32
+
+
+def _rank_block_size(n: int, dtype: type) -> int:
+    return max(1, _RANK_BLOCK_BYTES // (n * np.dtype(dtype).itemsize))
+
+
+def _intrusion_score(ranked: np.ndarray, neighbours: np.ndarray, metric: str, block_size: int,
+                     progress: Callable[[int], None] | None = None) -> float:
     """1 − the normalised sum of how far beyond rank k each neighbour sits in ``ranked`` (sklearn's T(k))."""
     n, k = neighbours.shape
-    ranks = _ranks(ranked, neighbours, metric, block_size)
+    ranks = _ranks(ranked, neighbours, metric, block_size, progress)
     penalty = np.maximum(ranks - k, 0).sum(dtype=np.float64)
     return float(1.0 - penalty * 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)))
 
@@ -138,29 +160,51 @@ def _check_neighbours(neighbours: Any, n: int, k: int) -> np.ndarray:
     return idx
 
 
-def _ranks(x: np.ndarray, neighbours: np.ndarray, metric: str, block_size: int) -> np.ndarray:
+def _ranks(x: np.ndarray, neighbours: np.ndarray, metric: str, block_size: int,
+           progress: Callable[[int], None] | None = None) -> np.ndarray:
     """rank[i, j] of point neighbours[i, j] among all points ordered by distance from i in x (unit rows
-    for cosine): 1 + the number of other points strictly closer to i (sklearn's rank without ties)."""
+    for cosine): 1 + the number of other points strictly closer to i (sklearn's rank without ties).
+    Memory: one reused [block, N] distance block in x's dtype."""
     sq_norms = (x * x).sum(axis=1)
     n, k = neighbours.shape
     ranks = np.empty((n, k), dtype=np.int64)
+    buffer = np.empty((min(block_size, n), n), dtype=x.dtype)  # reused: no page faults per block
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        dist = _block_distances(x, sq_norms, start, stop, metric)
+        dist = _block_distances(x, sq_norms, start, stop, metric, buffer[: stop - start])
         np.fill_diagonal(dist[:, start:], np.inf)  # a point is not its own neighbour
         to_neighbour = np.take_along_axis(dist, neighbours[start:stop], axis=1)
-        # one [block, N] comparison per neighbour column keeps memory at block × N
-        for j in range(k):
-            ranks[start:stop, j] = 1 + np.count_nonzero(dist < to_neighbour[:, j:j + 1], axis=1)
+        ranks[start:stop] = 1 + _count_closer(dist, to_neighbour)
+        if progress:
+            progress(stop)
     return ranks
 
 
-def _block_distances(x: np.ndarray, sq_norms: np.ndarray, start: int, stop: int, metric: str) -> np.ndarray:
-    """Distances (rank-equivalent to sklearn's) from rows start:stop to all rows: cosine distance, or
-    squared euclidean distance."""
-    dots = x[start:stop] @ x.T
+def _count_closer(dist: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """[b, k]: how many entries of each row of ``dist`` [b, N] are strictly below each of that row's k
+    ``thresholds``. One pass keeps the entries below the row's largest threshold; when neighbourhoods are
+    mostly kept those are few, and only they are compared k times (at N=100k this is 5× faster than k
+    passes over the block). Spaces that share little get the k plain passes."""
+    b, k = thresholds.shape
+    below = dist < thresholds.max(axis=1, keepdims=True)
+    if 4 * np.count_nonzero(below) > below.size:
+        return np.stack([np.count_nonzero(dist < thresholds[:, j:j + 1], axis=1) for j in range(k)], axis=1)
+    rows, cols = np.nonzero(below)
+    values = dist[rows, cols]
+    counts = np.empty((b, k), dtype=np.int64)
+    for j in range(k):
+        counts[:, j] = np.bincount(rows[values < thresholds[rows, j]], minlength=b)
+    return counts
+
+
+def _block_distances(x: np.ndarray, sq_norms: np.ndarray, start: int, stop: int, metric: str,
+                     out: np.ndarray) -> np.ndarray:
+    """Distances (rank-equivalent to sklearn's) from rows start:stop to all rows, written into ``out``:
+    cosine distance, or squared euclidean distance."""
+    dots = np.matmul(x[start:stop], x.T, out=out)
     if metric == "cosine":
-        return 1.0 - dots
+        np.subtract(1.0, dots, out=dots)
+        return dots
     dots *= -2.0
     dots += sq_norms[start:stop, None]
     dots += sq_norms[None, :]
@@ -173,14 +217,11 @@ def _block_distances(x: np.ndarray, sq_norms: np.ndarray, start: int, stop: int,
 def linear_cka(x: Any, y: Any) -> float:
     """Linear CKA of [N, d1] and [N, d2] features: 1 = same geometry up to rotation and isotropic scale.
 
-    Uses the feature-space form ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) of the centred data: O(N d²), float64.
-    Each space is rescaled first (CKA ignores scale), so features near 1e200 or 1e-200, whose
-    fourth powers are out of float64's range, still give the exact value.
+    Uses the feature-space form ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) of the centred data: O(N d²) time and O(d²)
+    memory (`Geometry`). Each space is rescaled first (CKA ignores scale), so features near 1e200 or
+    1e-200, whose fourth powers are out of float64's range, still give the exact value.
     """
-    a, b = _paired(x, y)
-    a, b = _centred(rescaled(a), "x"), _centred(rescaled(b), "y")
-    cross = np.linalg.norm(b.T @ a) ** 2
-    return float(cross / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)))
+    return Geometry(*paired(x, y)).linear_cka()
 
 
 def procrustes_disparity(x: Any, y: Any) -> float:
@@ -188,43 +229,115 @@ def procrustes_disparity(x: Any, y: Any) -> float:
     to unit Frobenius norm and the best orthogonal map + scale; 0 = same shape. Invariant to translation,
     rotation and scale. Different widths behave as if the smaller were zero-padded.
 
-    With unit-norm X, Y the optimum is 1 - (nuclear norm of XᵀY)², so no rotated copy is built. Each
-    space is rescaled first, as in `linear_cka`, so its Frobenius norm cannot overflow.
+    With unit-norm X, Y the optimum is 1 - (nuclear norm of XᵀY)², so no rotated copy is built: only the
+    d×d Gram matrices of `Geometry`. Each space is rescaled first, as in `linear_cka`.
     """
-    a, b = _paired(x, y)
-    a, b = _unit_frobenius(_centred(rescaled(a), "x")), _unit_frobenius(_centred(rescaled(b), "y"))
-    nuclear = np.linalg.svd(a.T @ b, compute_uv=False).sum()
-    return float(max(0.0, 1.0 - nuclear ** 2))
+    return Geometry(*paired(x, y)).procrustes_disparity()
+
+
+class Geometry:
+    """The centred Gram matrices XᵀX, YᵀY and YᵀX of two spaces over the same N points, from which CKA and
+    Procrustes both follow. They are accumulated over row blocks in float64 (each space rescaled by a power
+    of two, so nothing overflows), so memory is O(d²) beyond the inputs, never a float64 copy of a space:
+    at N=100k, d=1280 that copy alone would be 1 GB per space. `permuted_cka` reuses XᵀX and YᵀY."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, names: tuple[str, str] = ("x", "y")):
+        self.x, self.y = x, y
+        self._exp_x, self._exp_y = _peak_exponent(x), _peak_exponent(y)
+        self._mean_x = self._column_mean(x, self._exp_x, names[0])
+        self._mean_y = self._column_mean(y, self._exp_y, names[1])
+        self.gram_x = self._cross(x, self._exp_x, self._mean_x)
+        self.gram_y = self._cross(y, self._exp_y, self._mean_y)
+        self.cross = self.cross_gram()
+
+    def linear_cka(self, cross: np.ndarray | None = None) -> float:
+        cross = self.cross if cross is None else cross
+        return float(np.linalg.norm(cross) ** 2 / (np.linalg.norm(self.gram_x) * np.linalg.norm(self.gram_y)))
+
+    def procrustes_disparity(self) -> float:
+        nuclear = np.linalg.svd(self.cross, compute_uv=False).sum()
+        return float(max(0.0, 1.0 - nuclear ** 2 / (np.trace(self.gram_x) * np.trace(self.gram_y))))
+
+    def permuted_cka(self, permutation: np.ndarray) -> float:
+        """CKA when row i of x is paired with row ``permutation[i]`` of y (the permutation null)."""
+        return self.linear_cka(self.cross_gram(permutation))
+
+    def cross_gram(self, permutation: np.ndarray | None = None) -> np.ndarray:
+        """Yᵀ X of the centred, rescaled spaces [d_y, d_x], y's rows taken in ``permutation`` order if given."""
+        out = np.zeros((self.y.shape[1], self.x.shape[1]))
+        for start in range(0, len(self.x), _GRAM_BLOCK_ROWS):
+            rows = slice(start, start + _GRAM_BLOCK_ROWS)
+            y_rows = self.y[rows] if permutation is None else self.y[permutation[rows]]
+            out += _centred_block(y_rows, self._exp_y, self._mean_y).T @ _centred_block(self.x[rows], self._exp_x,
+                                                                                          self._mean_x)
+        return out
+
+    @staticmethod
+    def _cross(x: np.ndarray, exponent: int, mean: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[1], x.shape[1]))
+        for start in range(0, len(x), _GRAM_BLOCK_ROWS):
+            block = _centred_block(x[start:start + _GRAM_BLOCK_ROWS], exponent, mean)
+            out += block.T @ block
+        return out
+
+    @staticmethod
+    def _column_mean(x: np.ndarray, exponent: int, name: str) -> np.ndarray:
+        total, varies = np.zeros(x.shape[1]), False
+        for start in range(0, len(x), _GRAM_BLOCK_ROWS):
+            block = x[start:start + _GRAM_BLOCK_ROWS]
+            varies = varies or bool((block != x[0]).any())
+            total += np.ldexp(block.astype(np.float64), -exponent).sum(axis=0)
+        if not varies:
+            raise ProxyFDAError(f"{name} has all rows identical, so it has no geometry to compare; "
+                                "check that the features were extracted from different images")
+        return total / len(x)
+
+
+def _peak_exponent(x: np.ndarray) -> int:
+    """The power of two that brings x's largest magnitude into [0.5, 1) (0 for an all-zero x), as `rescaled`."""
+    peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    return int(np.frexp(peak)[1]) if peak > 0 else 0
+
+
+def _centred_block(block: np.ndarray, exponent: int, mean: np.ndarray) -> np.ndarray:
+    return np.ldexp(block.astype(np.float64), -exponent) - mean
 
 
 def mean_l2_drift(x_a: Any, x_b: Any, normalize: bool = True) -> float:
     """Mean euclidean distance between each point's two feature vectors (rows L2-normalised first by
     default, so the value is in [0, 2] and ignores feature scale)."""
-    a, b = _paired(x_a, x_b, "x_a", "x_b")
+    a, b = paired(x_a, x_b, "x_a", "x_b")
     if a.shape[1] != b.shape[1]:
         raise ProxyFDAError(f"x_a has shape {a.shape} and x_b has shape {b.shape}: L2 drift needs the same "
                             "feature width in both spaces")
     if normalize:
-        fix = "drop those points or pass normalize=False"
-        a, b = unit_rows(a, "x_a", fix), unit_rows(b, "x_b", fix)
-    return float(row_norms(a - b).mean())
+        return float(unit_distances(a, b, fix="drop those points or pass normalize=False").mean())
+    return float(row_norms(a.astype(np.float64) - b).mean())
 
 
-def _paired(x: Any, y: Any, name_x: str = "x", name_y: str = "y") -> tuple[np.ndarray, np.ndarray]:
-    a, b = check_features(x, name_x, np.float64), check_features(y, name_y, np.float64)
+def unit_distances(a: np.ndarray, b: np.ndarray, permutation: np.ndarray | None = None,
+                   fix: str = "drop those points") -> np.ndarray:
+    """Per point, the euclidean distance between its L2-normalised rows of ``a`` and ``b`` (b's rows taken
+    in ``permutation`` order if given), in float64 one block of rows at a time: no float64 copy of a space."""
+    out = np.empty(len(a))
+    for start in range(0, len(a), _GRAM_BLOCK_ROWS):
+        rows = slice(start, start + _GRAM_BLOCK_ROWS)
+        rows_b = b[rows] if permutation is None else b[permutation[rows]]
+        out[rows] = np.linalg.norm(unit_rows(np.asarray(a[rows], np.float64), "x_a", fix)
+                                   - unit_rows(np.asarray(rows_b, np.float64), "x_b", fix), axis=1)
+    return out
+
+
+def paired(x: Any, y: Any, name_x: str = "x", name_y: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs checked, float32 arrays kept as they are (a float64 copy of a 100k × 1280 space is 1 GB),
+    anything else as float64."""
+    a, b = check_features(x, name_x, _float_dtype(x)), check_features(y, name_y, _float_dtype(y))
     check_same_n(a, b, name_x, name_y)
     return a, b
 
 
-def _centred(x: np.ndarray, name: str) -> np.ndarray:
-    if not np.ptp(x, axis=0).any():
-        raise ProxyFDAError(f"{name} has all rows identical, so it has no geometry to compare; "
-                            "check that the features were extracted from different images")
-    return x - x.mean(axis=0)
-
-
-def _unit_frobenius(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x)
+def _float_dtype(x: Any) -> type:
+    return np.float32 if getattr(x, "dtype", None) == np.float32 else np.float64
 
 
 # ---------------------------------------------------------------- kNN-restricted and order-aware agreement
@@ -240,7 +353,7 @@ def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> 
     search. 1 = the same local geometry; about 0 for unrelated spaces.
     """
     if graphs is None:  # unit rows first: cosine neighbours ignore scale, and huge features fit float32 then
-        a, b = _paired(x_a, x_b, "x_a", "x_b")
+        a, b = paired(x_a, x_b, "x_a", "x_b")
         k = check_k(k, len(a))
         fix = "drop those points"
         graphs = (knn_graph(unit_rows(a, "x_a", fix), k), knn_graph(unit_rows(b, "x_b", fix), k))

@@ -10,6 +10,8 @@ from .errors import ProxyFDAError
 
 #: how many offending row indices an error message lists
 _SHOW_ROWS = 5
+#: rows per block where a whole-array float64 temporary would be as large as the input or more
+_ROW_BLOCK = 4096
 
 
 def check_features(x: Any, name: str = "x", dtype: type = np.float32) -> np.ndarray:
@@ -50,10 +52,16 @@ def row_norms(x: np.ndarray) -> np.ndarray:
     Each row is first scaled by the power of two nearest its largest magnitude, which is exact in
     floating point, so ordinary rows get bit-for-bit the same norms as ``np.linalg.norm(x, axis=1)``
     while rows near 1e200 (whose squares overflow) or 1e-200 (whose squares vanish) stay exact.
+    Rows are taken `_ROW_BLOCK` at a time: a float64 copy of a 100k × 1280 space would be 1 GB.
     """
-    x = np.asarray(x, dtype=np.float64)
-    _, exponents = np.frexp(np.abs(x).max(axis=1))
-    return np.ldexp(np.linalg.norm(np.ldexp(x, -exponents[:, None]), axis=1), exponents)
+    x = np.asarray(x)
+    norms = np.empty(len(x))
+    for start in range(0, len(x), _ROW_BLOCK):
+        block = np.asarray(x[start:start + _ROW_BLOCK], dtype=np.float64)
+        _, exponents = np.frexp(np.abs(block).max(axis=1))
+        norms[start:start + len(block)] = np.ldexp(np.linalg.norm(np.ldexp(block, -exponents[:, None]), axis=1),
+                                                   exponents)
+    return norms
 
 
 def rescaled(x: np.ndarray) -> np.ndarray:
@@ -78,7 +86,11 @@ def unit_rows(x: np.ndarray, name: str, fix: str) -> np.ndarray:
     if zero.any():
         raise ProxyFDAError(f"{name} has {int(zero.sum())} all-zero row(s) {_rows(zero)}, which have no "
                             f"direction to normalise: {fix}")
-    return (x / norms[:, None]).astype(x.dtype, copy=False)
+    out = np.empty(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+    for start in range(0, len(x), _ROW_BLOCK):  # divided in float64, one block of rows at a time
+        rows = slice(start, start + _ROW_BLOCK)
+        out[rows] = x[rows] / norms[rows, None]
+    return out
 
 
 def check_same_n(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
