@@ -8,14 +8,20 @@ Data specs (see `load_images`):
 ``digits``                  scikit-learn's 1,797 8×8 digits (80 / 20 split)
 ``textiles``                2,000 simulated textile photos from ``conformal-clip-data``, 3 classes
 ``folder:/path/to/images``  one sub-folder per class (or a flat folder: one class)
+``rows:N``                  N points without images, one class: the rows of precomputed embeddings
+                            (``vectors:`` encoder specs, `proxyfda.vectors`) when no image set goes with them
 ==========================  ===========================================================
 
 Splits: ``train`` / ``test`` (``all`` for everything). Sets without an official split are cut
 80 / 20 by a fixed permutation, so a spec names the same images on every machine.
+
+`load_images` can take the labels from a file instead (``labels=PATH``, read by
+`proxyfda.vectors.load_labels`): one class per image of the whole set, in its order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 from dataclasses import dataclass, field
@@ -54,10 +60,24 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     # what a reader should be told about how the set was chosen (e.g. fewer images than asked for)
     notes: list[str] = field(default_factory=list)
+    # when the set is a sample: each image's row in the whole set, and how many the whole set holds.
+    # Precomputed embeddings (one row per image of the whole set) are aligned with the sample through it.
+    rows: np.ndarray | None = None
+    whole: int | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether there are pictures to show or embed (``rows:N`` sets have none: ids and classes only)."""
+        return self.pixels is not None or self.paths is not None
+
+    @property
+    def whole_size(self) -> int:
+        """How many images the whole set holds, of which this may be a sample."""
+        return len(self) if self.whole is None else self.whole
 
     @property
     def fingerprint(self) -> str:
@@ -74,6 +94,10 @@ class ImageSet:
             digest.update(self.labels.astype(np.int64).tobytes())
             if self.pixels is not None:
                 digest.update(np.ascontiguousarray(self.pixels).tobytes())
+            elif self.paths is None:  # no images: the labels and which rows of the whole set are all there is
+                digest.update(f"no images|{self.whole_size}".encode())
+                if self.rows is not None:
+                    digest.update(np.asarray(self.rows, dtype=np.int64).tobytes())
             else:
                 for path in self.paths:
                     digest.update(f"{path}|{file_digest(path)}".encode())
@@ -99,6 +123,8 @@ class ImageSet:
             paths=None if self.paths is None else [self.paths[i] for i in indices],
             skipped=self.skipped,
             notes=list(self.notes),
+            rows=None if self.rows is None else self.rows[indices],  # a sample of a sample: still aligned
+            whole=self.whole,
         )
 
     def batch(self, indices, size: int) -> torch.Tensor:
@@ -107,6 +133,7 @@ class ImageSet:
         import torch.nn.functional as F
 
         indices = np.asarray(indices, dtype=np.int64)
+        self._need_images("embed them")
         if self.pixels is not None:
             raw = torch.from_numpy(self.pixels[indices]).permute(0, 3, 1, 2).float().div_(255.0)
             if raw.shape[-1] != size or raw.shape[-2] != size:
@@ -116,13 +143,20 @@ class ImageSet:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
 
     def thumbnail(self, index: int, size: int = 64) -> np.ndarray:
-        """One image as uint8 [H, W, 3] for display."""
+        """One image as uint8 [H, W, 3] for display (see `has_images`: ``rows:N`` sets have none)."""
+        self._need_images("show them")
         if self.pixels is not None:
             return self.pixels[index]
         return _read_square(self.paths[index], size)
 
     def class_of(self, index: int) -> str:
         return self.class_names[int(self.labels[index])]
+
+    def _need_images(self, purpose: str) -> None:
+        if not self.has_images:
+            raise ProxyFDAError(f"{self.spec} has no images to {purpose}: it stands for the rows of precomputed "
+                                "embeddings. Compare embedding files with vectors:PATH encoder specs, or give an "
+                                "image set (e.g. folder:DIR) in the same order")
 
 
 def _read_square(path: Path, size: int) -> np.ndarray:
@@ -373,34 +407,67 @@ def balanced_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.array(order[:n], dtype=np.int64))
 
 
-def load_images(spec: str, n: int | None = None, seed: int = 0) -> ImageSet:
+def load_images(spec: str, n: int | None = None, seed: int = 0, labels: str = "") -> ImageSet:
     """Load the images named by ``spec`` (see module docstring), optionally a class-balanced ``n``.
 
     ``name`` alone means the test split for bundled sets. When ``n`` is more than the set holds, all
-    of it is used and the returned set's ``notes`` say so.
+    of it is used and the returned set's ``notes`` say so. ``labels`` names a labels file (``PATH`` or
+    ``PATH#COLUMN``) whose classes replace the set's own before sampling: one per image of the whole set.
     """
     spec = spec.strip()
     folder = spec_path(spec)
     if folder is not None:
         images = load_folder(folder)
+    elif spec.startswith(f"{ROWS_PREFIX}:"):
+        images = _rows_only(spec)
     else:
         name, _, split = spec.partition(":")
         split = split or "test"
         if name not in DATASET_REGISTRY:
-            raise ProxyFDAError(f"unknown data set '{name}'; use one of {', '.join(list_datasets())} "
-                                "or 'folder:/path/to/images'")
+            raise ProxyFDAError(f"unknown data set '{name}'; use one of {', '.join(list_datasets())}, "
+                                "'folder:/path/to/images' or 'rows:N' (N points without images)")
         if split not in SPLITS:
             raise ProxyFDAError(f"unknown split '{split}' for '{name}'; use one of {', '.join(SPLITS)}")
         images = DATASET_REGISTRY[name](split)
+    if labels:
+        images = _relabelled(images, labels)
     if n is not None:
         if n < 1:
             raise ProxyFDAError(f"n must be at least 1, got {n}")
-        picked = images.subset(balanced_sample(images.labels, n, seed))
-        picked.spec = images.spec
+        rows = balanced_sample(images.labels, n, seed)
+        picked = images.subset(rows)
+        picked.spec, picked.rows, picked.whole = images.spec, rows, len(images)
         if n > len(images):
             picked.notes.append(_capped_note(images.spec, n, len(images)))
         images = picked
     return images
+
+
+#: the data spec of points without images: ``rows:N``
+ROWS_PREFIX = "rows"
+
+
+def _rows_only(spec: str) -> ImageSet:
+    """``rows:N``: N points of one class and no pixels (the labels may come from a file, `load_images`)."""
+    count = spec.partition(":")[2].strip()
+    if not count.isdigit() or int(count) < 1:
+        raise ProxyFDAError(f"'{spec}' must give a number of points of at least 1, e.g. rows:500 (points without "
+                            "images, such as the rows of two embedding files)")
+    return ImageSet(spec=f"{ROWS_PREFIX}:{int(count)}", labels=np.zeros(int(count), dtype=np.int64),
+                    class_names=["all"])
+
+
+def _relabelled(images: ImageSet, labels: str) -> ImageSet:
+    """``images`` with the classes of the labels file ``labels`` (one per image, in the set's order)."""
+    from .vectors import load_labels, split_source
+
+    ids, names = load_labels(labels)
+    if len(ids) != len(images):
+        what = (f"there are {len(images):,} embedding rows ({images.spec})" if not images.has_images
+                else f"{images.spec} has {len(images):,} images")
+        raise ProxyFDAError(f"the labels file '{split_source(labels)[0]}' has {len(ids):,} rows but {what}: give one "
+                            "label per point, in the same order as the embeddings (or the images)")
+    return dataclasses.replace(images, labels=ids, class_names=names, _fingerprint=None)
 
 
 def _capped_note(spec: str, n: int, available: int) -> str:

@@ -15,6 +15,9 @@ Spec strings (see `create_encoder`):
 ``safe:/path/result.pt``                   an open_clip ResNet with a SAFE-tuned attention pooling.
 ``default-finetuned``                      the embedded default: EfficientNet-Lite0 fine-tuned on
                                            MNIST by proxyfda (built by ``proxyfda prepare``).
+``vectors:/path/file.npy[#COLUMN]``        embeddings computed elsewhere (.npy, .parquet, .csv; see
+                                           `proxyfda.vectors`): not a model, one row per image of
+                                           the whole data set. They can be compared, not embed.
 =========================================  ==================================================
 
 Architectures (and loading their weights) live in `proxyfda.backbones`; runs are read through
@@ -35,12 +38,16 @@ from .paths import bundled_efficientnet_lite0_weights, file_digest
 from .runs import CHECKPOINT, CONFIG, Run, default_run_dir, default_run_ready
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from .backbones import Encoder
+    from .data import ImageSet
 
 #: spec prefixes that name something proxyfda saved, rather than an architecture
 SAVED_PREFIXES = ("run", "safe")
+#: the spec prefix of precomputed embeddings (``vectors:PATH[#COLUMN]``): features read from a file
+VECTORS_PREFIX = "vectors"
 #: the runs whose encoders are being built in this context, outermost first: a run whose base
 #: encoder leads back to itself is refused instead of recursing
 _resolving_runs: ContextVar[tuple[Path, ...]] = ContextVar("proxyfda_resolving_runs", default=())
@@ -50,7 +57,7 @@ def list_encoders() -> list[str]:
     """Spec prefixes (and the default alias) this installation knows."""
     from .backbones import ARCHITECTURES
 
-    return sorted([*ARCHITECTURES.names(), *SAVED_PREFIXES, DEFAULT_FINETUNED])
+    return sorted([*ARCHITECTURES.names(), *SAVED_PREFIXES, VECTORS_PREFIX, DEFAULT_FINETUNED])
 
 
 def names_default(specs: Iterable[str]) -> bool:
@@ -81,6 +88,10 @@ def create_encoder(spec: str, *, image_size: int | None = None, device: "str | t
         check_image_size(image_size)
     spec = canonical_spec(spec)
     prefix, _, arg = spec.partition(":")
+    if prefix == VECTORS_PREFIX:
+        raise ProxyFDAError(f"'{spec}' names embeddings read from a file, not an encoder: it can be compared "
+                            "(proxyfda drift, proxyfda report, the Drift Explorer) but cannot embed images or be "
+                            "fine-tuned; give a model's spec here, e.g. efficientnet-lite0 or run:DIR")
     if prefix == "run":
         if Path(arg) == default_run_dir() and not default_run_ready():  # the alias, or a run saved on top of it
             raise ProxyFDAError("the embedded default fine-tuned encoder is not built on this machine yet: run "
@@ -153,6 +164,38 @@ def _safe_encoder(path: str, image_size: int | None) -> "Encoder":
     return apply_safe(create_encoder(result.base_spec, image_size=image_size or result.image_size), result)
 
 
+def vectors_source(spec: str) -> str | None:
+    """The file (``PATH`` or ``PATH#COLUMN``) a ``vectors:`` spec reads; None for any other spec."""
+    prefix, _, arg = spec.strip().partition(":")
+    if prefix != VECTORS_PREFIX:
+        return None
+    if not arg.strip():
+        raise ProxyFDAError("a vectors spec names an embedding file: 'vectors:/path/to/embeddings.npy' (or .parquet "
+                            "or .csv, with '#COLUMN' to pick a column)")
+    return arg.strip()
+
+
+def precomputed_features(spec: str, images: "ImageSet") -> "np.ndarray | None":
+    """The rows of ``images`` in the embedding file a ``vectors:`` spec names; None for any other spec
+    (an encoder must then embed the images).
+
+    The file holds one row per image of the whole set, in order; a sample (``images.rows``) takes its rows.
+    """
+    from .vectors import load_vectors, split_source
+
+    source = vectors_source(spec)
+    if source is None:
+        return None
+    features = load_vectors(source)
+    if len(features) != images.whole_size:
+        what = (f"the data {images.spec} has {images.whole_size:,} points" if not images.has_images
+                else f"the image set {images.spec} has {images.whole_size:,} images")
+        raise ProxyFDAError(f"the embedding file '{split_source(source)[0]}' has {len(features):,} rows but {what}: "
+                            "both embedding files (and the labels and images) must hold the same points in the "
+                            "same order, one row each")
+    return features if images.rows is None else features[images.rows]
+
+
 def spec_fingerprint(spec: str, image_size: int | None = None) -> str | None:
     """A content key of the encoder that ``spec`` builds at ``image_size``, read from its files alone:
     no model is built and torch is not imported, so a page served from the caches starts fast.
@@ -183,6 +226,10 @@ def spec_paths(spec: str) -> list[Path]:
         arg = arg.partition(":")[2]
         if arg and not _looks_like_path(arg):
             return []
+    if prefix == VECTORS_PREFIX and arg.strip():
+        from .vectors import split_source
+
+        return [split_source(arg)[0]]
     return [Path(arg).expanduser()] if arg else []
 
 

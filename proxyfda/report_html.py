@@ -114,7 +114,7 @@ def command_line(config: DriftConfig, out: str = "drift-report.html") -> str:
     """The ``proxyfda report`` command that analyses ``config`` again (every option spelled out, so a
     change of defaults cannot change what it does; an empty ``compare`` is left out)."""
     options = [f"--{name.replace('_', '-')} {shlex.quote(str(value))}"
-               for name, value in config.to_dict().items() if not (name == "compare" and not value)]
+               for name, value in config.to_dict().items() if not (name in ("compare", "labels") and not value)]
     return " ".join(["proxyfda report", *options, "--out", shlex.quote(out)])
 
 
@@ -310,18 +310,30 @@ def _maps_figure(report: DriftReport, maps: tuple[np.ndarray, np.ndarray], confi
 def _drifted_section(report: DriftReport, images: ImageSet, drifted: list[int]) -> str:
     uris: dict[int, str] = {}
 
-    def uri(i: int) -> str:
+    def uri(i: int) -> str | None:
+        """Image ``i`` as a data URI; None when the points have no images (``rows:N``: embedding files only)."""
+        if not images.has_images:
+            return None
         if i not in uris:
             uris[i] = thumbnail_uri(images, i)
         return uris[i]
 
     cards = "".join(_drifted_card(report, images, rank, i, uri) for rank, i in enumerate(drifted, start=1))
+    no_images = ("" if images.has_images else " These points come from embedding files without images, so each is "
+                 "shown by its row id instead of a thumbnail.")
     return _section("drifted", "Most drifted points",
                     f"The {len(drifted)} images whose neighbourhoods changed most (lowest overlap@{report.k}, then "
                     f"largest L2 drift), each with its {report.k} nearest neighbours before and after fine-tuning, "
                     f"nearest first. Borders: <span class=\"key kept\">kept</span> in both spaces, "
                     f"<span class=\"key lost\">lost</span> (before only), <span class=\"key gained\">gained</span> "
-                    f"(after only).", f"<div class=\"cards\">{cards}</div>")
+                    f"(after only).{no_images}", f"<div class=\"cards\">{cards}</div>")
+
+
+def _picture(uri: str | None, i: int, extra: str = "") -> str:
+    """An image tag, or (no images) a box holding the row id in its place."""
+    if uri is None:
+        return f"<span class=\"noimage\"{extra}>{i}</span>"
+    return f"<img src=\"{uri}\" alt=\"image {i}\"{extra}>"
 
 
 def _drifted_card(report: DriftReport, images: ImageSet, rank: int, i: int, uri) -> str:
@@ -333,7 +345,7 @@ def _drifted_card(report: DriftReport, images: ImageSet, rank: int, i: int, uri)
                         for j, s in zip(graph.indices[i], graph.similarities[i]))
         return f"<div class=\"row\"><span class=\"rowlabel\">{label}</span><div class=\"thumbs\">{cells}</div></div>"
 
-    return (f"<article class=\"card\">\n<div class=\"focus\"><img src=\"{uri(i)}\" alt=\"image {i}\">"
+    return (f"<article class=\"card\">\n<div class=\"focus\">{_picture(uri(i), i)}"
             f"<div><p class=\"rank\">#{rank}</p><p><strong>id {i}</strong> · {_e(images.class_of(i))}</p>"
             f"<p class=\"small\">overlap@{report.k} {report.overlap[i]:.2f} · Jaccard {report.jaccard[i]:.2f}"
             f" · L2 drift {_number(report.l2_drift[i])}</p></div></div>\n"
@@ -342,8 +354,8 @@ def _drifted_card(report: DriftReport, images: ImageSet, rank: int, i: int, uri)
 
 def _thumb(images: ImageSet, j: int, uri, status: str, similarity: float) -> str:
     name = _e(images.class_of(j))
-    return (f"<figure class=\"thumb {status}\"><img src=\"{uri(j)}\" alt=\"image {j}\" "
-            f"title=\"id {j} · {name} · {status} · cosine {similarity:.2f}\"><figcaption>{name}</figcaption></figure>")
+    title = f" title=\"id {j} · {name} · {status} · cosine {similarity:.2f}\""
+    return f"<figure class=\"thumb {status}\">{_picture(uri(j), j, title)}<figcaption>{name}</figcaption></figure>"
 
 
 def _classes_section(report: DriftReport) -> str:
@@ -375,7 +387,8 @@ def _provenance_section(report: DriftReport, images: ImageSet, config: DriftConf
         detail += _run_line(resolved)
         items.append(f"<dt>{role}</dt><dd><code>{_e(spec)}</code>{detail}</dd>")
     skipped = f", {len(images.skipped)} files skipped (not images or unreadable)" if images.skipped else ""
-    items.append(f"<dt>images</dt><dd><code>{_e(config.data)}</code>: {report.n:,} images, {len(report.class_names)} "
+    noun = "images" if images.has_images else "points (rows of embedding files, no images)"
+    items.append(f"<dt>images</dt><dd><code>{_e(config.data)}</code>: {report.n:,} {noun}, {len(report.class_names)} "
                  f"classes{skipped}<br><span class=\"small\">content fingerprint {_e(images.fingerprint)}</span></dd>")
     versions_rows = "".join(f"<tr><th scope=\"row\">{_e(name)}</th><td>{_e(version)}</td></tr>"
                             for name, version in versions.items())
@@ -475,11 +488,14 @@ dd { margin: 0; word-break: break-all; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 4px; }
 figure.thumb { margin: 0; width: 48px; text-align: center; }
 figure.thumb img { width: 48px; height: 48px; image-rendering: pixelated; border: 3px solid; border-radius: 5px; }
+.noimage { display: flex; align-items: center; justify-content: center; box-sizing: border-box; width: 72px;
+  height: 72px; border: 1px solid var(--line); border-radius: 6px; font-size: 13px; color: var(--muted); }
+figure.thumb .noimage { width: 48px; height: 48px; border: 3px solid; font-size: 11px; }
 figure.thumb figcaption { font-size: 10px; color: var(--muted); overflow: hidden; text-overflow: ellipsis;
                           white-space: nowrap; }
-figure.kept img { border-color: var(--kept); }
-figure.lost img { border-color: var(--lost); }
-figure.gained img { border-color: var(--gained); }
+figure.kept img, figure.kept .noimage { border-color: var(--kept); }
+figure.lost img, figure.lost .noimage { border-color: var(--lost); }
+figure.gained img, figure.gained .noimage { border-color: var(--gained); }
 .key { padding: 0 6px; border: 2px solid; border-radius: 4px; }
 .key.kept { border-color: var(--kept); } .key.lost { border-color: var(--lost); } .key.gained { border-color: var(--gained); }
 footer { color: var(--muted); font-size: 12px; margin-top: 18px; }
