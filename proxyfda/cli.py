@@ -108,15 +108,19 @@ class _Bar:
 def cmd_embed(args: argparse.Namespace) -> None:
     from .data import load_images
     from .default import ensure_default_for
+    from .distributed import init_from_env, is_main
     from .drift import encoder_features
 
     check_image_size(args.image_size)
     check_writable(args.out, is_file=True)
+    init_from_env()  # under torchrun: each process embeds its shard of the images, on its own GPU if any
     ensure_default_for([args.encoder], _finetune_printer("default fine-tune"))
     images = load_images(args.data, n=args.n or None, seed=args.seed)
     bar = _Bar(f"embed {args.encoder}")
     features = encoder_features(args.encoder, images, args.image_size, progress=bar)
     bar.close()
+    if not is_main():  # rank 0 alone writes and reports
+        return
     _tell_about(images)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +193,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .default import ensure_default_for
+    from .distributed import is_main
     from .methods import resolve_config
     from .training import finetune
 
@@ -196,6 +201,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ensure_default_for([config.base_encoder], _finetune_printer("default fine-tune"))
     result = finetune(config, args.out, callback=_finetune_printer(total=resolve_config(config).steps),
                       overwrite=args.overwrite)
+    if not is_main():  # under torchrun rank 0 alone reports; every rank exits alike
+        return 1 if result.status == "diverged" else 0
     if result.status == "diverged":
         print(f"proxyfda: the run diverged at step {result.steps_done + 1}: its loss (or weights) became NaN or "
               f"infinite, so it stopped there and kept its last finite checkpoint ({result.run_dir}); try a lower "

@@ -73,18 +73,24 @@ def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: P
 
     The next batch is decoded and resized on a worker thread while the current one runs
     through the encoder, so the loader does not stall the forward pass. Non-finite features are an
-    error naming the encoder, never a result (nor a cache entry).
+    error naming the encoder, never a result (nor a cache entry). Under ``torchrun`` each process embeds
+    its contiguous shard of the images and every process gets all the features, in order
+    (`proxyfda.distributed`); ``progress`` is then called on rank 0 only.
     """
+    import torch
+
+    from . import distributed as dist
+
+    dist.init_from_env()
     encoder.eval()
     device = encoder.device
     n = len(images)
-    out = np.empty((n, encoder.feature_dim), dtype=np.float32)
-    starts = list(range(0, n, batch_size))
+    mine = range(n)[dist.shard(n)]
+    out = np.empty((len(mine), encoder.feature_dim), dtype=np.float32)
+    starts = list(range(mine.start, mine.stop, batch_size))
 
     def load(start: int) -> torch.Tensor:
-        return images.batch(np.arange(start, min(start + batch_size, n)), encoder.image_size)
-
-    import torch
+        return images.batch(np.arange(start, min(start + batch_size, mine.stop)), encoder.image_size)
 
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
         pending = pool.submit(load, starts[0]) if starts else None
@@ -93,9 +99,10 @@ def embed(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: P
             if i + 1 < len(starts):
                 pending = pool.submit(load, starts[i + 1])
             feats = encoder(pixels.to(device, non_blocking=True))
-            out[start:start + len(pixels)] = feats.float().cpu().numpy()
-            if progress:
-                progress(min(start + batch_size, n), n)
+            out[start - mine.start:start - mine.start + len(pixels)] = feats.float().cpu().numpy()
+            if progress and dist.is_main():  # rank 0's share, scaled to the whole set
+                progress((start - mine.start + len(pixels)) * n // len(mine), n)
+    out = dist.gather_shards(out, n)
     _check_finite_rows(out, encoder)
     return out
 
@@ -111,14 +118,21 @@ def _check_finite_rows(features: np.ndarray, encoder: Encoder) -> None:
 
 def extract_features(encoder: Encoder, images: ImageSet, batch_size: int = 128, progress: Progress | None = None,
                      use_cache: bool = True, root: Path | None = None) -> np.ndarray:
-    """`embed`, served from the disk cache when the same encoder weights saw the same images."""
+    """`embed`, served from the disk cache when the same encoder weights saw the same images.
+
+    Under ``torchrun`` rank 0 alone reads and writes the cache (its answer reaches every rank), so the
+    ranks never disagree about a hit and the file is written once.
+    """
+    from . import distributed as dist
+
+    dist.init_from_env()
     path = feature_cache_path(encoder, images, root)
-    if use_cache and path.exists():
-        features = np.load(path)
+    features = dist.on_main(lambda: np.load(path) if use_cache and path.exists() else None)
+    if features is not None:
         if progress:
             progress(len(images), len(images))
         return features
     features = embed(encoder, images, batch_size=batch_size, progress=progress)
     if use_cache:
-        atomic_write_bytes(path, lambda handle: np.save(handle, features))
+        dist.on_main(atomic_write_bytes, path, lambda handle: np.save(handle, features))
     return features

@@ -372,12 +372,13 @@ class RunWriter:
         atomic_write_bytes(self.path / PROBE / f"step-{step:06d}.npy",
                            lambda handle: np.save(handle, np.asarray(features, dtype=np.float16)))
 
-    def finish(self, status: str, steps_done: int, final_eval_accuracy: float | None) -> RunResult:
-        """Close the history and write the summary (``status``: completed, stopped or diverged): the run is
-        now finished on disk, and in place of the run it replaces, if any."""
+    def finish(self, status: str, steps_done: int, final_eval_accuracy: float | None, **details: Any) -> RunResult:
+        """Close the history and write the summary (``status``: completed, stopped or diverged; ``details``,
+        e.g. the training loop's ``world_size``, join it): the run is now finished on disk, and in place of
+        the run it replaces, if any."""
         self.close()
         self._write_summary({"status": status, "steps_done": steps_done, "final_eval_accuracy": final_eval_accuracy,
-                             "seconds": round(time.perf_counter() - self._started, 3)})
+                             "seconds": round(time.perf_counter() - self._started, 3), **details})
         if self.replacing:
             self._swap_into_place()
         self._finished = True
@@ -416,6 +417,36 @@ class RunWriter:
     def _release(self) -> None:
         for lock in reversed(self._locks):
             lock.release()
+
+
+class SilentWriter:
+    """What the ranks other than 0 of a distributed run (``torchrun``) hold in place of a `RunWriter`:
+    the same calls, nothing written, so rank 0 alone writes the run directory and the training loop
+    reads the same on every rank."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = self.target = Path(run_dir)
+
+    def __enter__(self) -> "SilentWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save_probe_rows(self, rows: "np.ndarray") -> None:
+        pass
+
+    def save_probe(self, step: int, features: "np.ndarray") -> None:
+        pass
+
+    def finish(self, status: str, steps_done: int, final_eval_accuracy: float | None, **details: Any) -> RunResult:
+        return RunResult(self.target, status, steps_done, final_eval_accuracy)
 
 
 @dataclass(frozen=True)

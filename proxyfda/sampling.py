@@ -3,6 +3,9 @@
 FDA's kNN graph is built inside the batch, so the batch decides what a neighbourhood can contain:
 with n images per class and K > n neighbours, every anchor's neighbourhood crosses class borders,
 and mining classes whose pre-trained class means are similar puts the confusable classes together.
+
+Both samplers are seeded and draw nothing else at random: a distributed run (`proxyfda.training` under
+``torchrun``) draws the same global batch on every rank this way, and each rank trains on its share.
 """
 
 from __future__ import annotations

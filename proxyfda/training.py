@@ -8,6 +8,12 @@ config, build everything, then one loop of steps with evaluations and checkpoint
 Pre-trained features of the training images are computed once (and disk-cached) instead of
 running the frozen encoder every step: without augmentation they never change, and this removes
 most of the regularisers' overhead.
+
+Under ``torchrun`` the same function runs on every process (`proxyfda.distributed`): each draws the
+same global batch and trains on its share with DistributedDataParallel, a loss that relates the
+batch's images to each other (FDA's kNN graph) sees the whole global batch, and rank 0 alone
+evaluates and writes the run. The losses, gradients and weights equal a single process's on the same
+global batch (docs/METHOD.md, "Several processes").
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist
 from .backbones import Encoder
 from .config import FinetuneConfig, SafeConfig
 from .data import ImageSet, balanced_sample, load_images, stratified_split
@@ -36,7 +43,7 @@ from .device import resolve_device
 from .encoders import create_encoder
 from .features import extract_features
 from .methods import get_method, method_options, resolve_config
-from .runs import DIVERGED, SAFE_RESULT, Callback, RunResult, RunWriter, check_run_dir
+from .runs import DIVERGED, SAFE_RESULT, Callback, RunResult, RunWriter, SilentWriter, check_run_dir
 from .sampling import ClassBalancedSampler, EpochSampler
 
 #: the probe set: up to this many class-balanced images of the eval set, whose features every
@@ -201,6 +208,18 @@ def make_optimizers(config: FinetuneConfig, encoder: Encoder, head: nn.Module, r
     return optimizer, generator_opt
 
 
+class EncoderWithHead(nn.Module):
+    """The encoder and the task head as one module, so DistributedDataParallel averages both's gradients."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.encoder(pixels)
+        return feats, self.head(feats)
+
+
 def _scalar_terms(terms: dict) -> dict:
     return {f"reg_{name}": value.item() for name, value in terms.items()
             if isinstance(value, torch.Tensor) and value.ndim == 0}
@@ -214,13 +233,22 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
     or empty, or hold a run to replace with ``overwrite`` (`proxyfda.runs.RunWriter`). ``stop`` is checked
     between steps; a stopped run keeps a loadable checkpoint of the step it reached. A non-finite loss
     (or weights) ends the run at once with status "diverged", keeping its last finite checkpoint.
+
+    Under ``torchrun`` every process calls it alike; rank 0 alone writes ``run_dir`` (its summary records
+    ``world_size``) and calls ``callback``, and every rank returns the same result. ``stop`` is for runs
+    in one process (the app's).
     """
     config = check_config(config)
-    check_run_dir(run_dir, overwrite)
+    check_run_dir(run_dir, overwrite)  # on every rank: a folder that will be refused stops them all
     method = get_method(config.method)
     if method.trainer == "safe":
+        if dist.env_world_size() > 1:
+            raise ProxyFDAError("SAFE trains in one process (it fits one small layer on cached maps); run "
+                                "`proxyfda finetune --method safe` without torchrun")
         return _finetune_safe(config, Path(run_dir), callback, stop, overwrite)
 
+    dist.init_from_env()  # under torchrun: join the other processes, each on its own GPU if there are any
+    dist.barrier()  # no rank is still checking the folder when rank 0 creates it
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     device = resolve_device(config.device)
@@ -237,14 +265,18 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
         regularizer.record_stats = False  # the loop reads the loss terms; records only at evaluations
     optimizer, generator_opt = make_optimizers(config, encoder, head, regularizer)
     sampler = make_sampler(config, train_set, pre_features)
+    check_batch_splits(sampler.batch_size)
     # LDIFS's original form compares internal activations with those of a frozen pre-trained copy
     frozen = copy.deepcopy(encoder).requires_grad_(False) if getattr(regularizer, "input_kind", "") == "taps" else None
     set_train_mode(encoder, config.bn_mode, config.stochastic_layers)
+    # one module per process; under torchrun DDP averages its gradients over the processes
+    model = dist.wrap(EncoderWithHead(encoder, head), sync_batchnorm=config.bn_mode == "train")
 
     probe_rows = choose_probe(eval_set, config.seed)
     probe_set = eval_set.subset(probe_rows)
 
-    with RunWriter(run_dir, config, callback, overwrite) as run:
+    writer = RunWriter(run_dir, config, callback, overwrite) if dist.is_main() else SilentWriter(run_dir)
+    with writer as run:
         run.save_probe_rows(probe_rows)
 
         def evaluation(step: int) -> float:
@@ -263,7 +295,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             return result.accuracy
 
         pre_probe = None
-        evaluation(0)  # the pre-trained encoder (with the starting head): where every curve begins
+        dist.on_main(evaluation, 0)  # the pre-trained encoder (with the starting head): where every curve begins
         step, accuracy, status = 0, None, "completed"
         for step in range(1, config.steps + 1):
             if stop is not None and stop.is_set():
@@ -272,13 +304,14 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step - 1, config)
-            idx = sampler.next_batch()
-            pixels = train_set.batch(idx, encoder.image_size).to(device)
-            labels = torch.from_numpy(train_set.labels[idx]).to(device)
+            idx = sampler.next_batch()  # the global batch: the same on every rank (same sampler, same seed)
+            mine = idx[dist.shard(len(idx))]  # this rank's share (all of it in one process)
+            pixels = train_set.batch(mine, encoder.image_size).to(device)
+            labels = torch.from_numpy(train_set.labels[mine]).to(device)
 
             with encoder.capture_taps() if frozen is not None else contextlib.nullcontext() as taps:
-                feats = encoder(pixels)
-            task = F.cross_entropy(head(feats), labels)
+                feats, logits = model(pixels)
+            task = F.cross_entropy(logits, labels)
             terms: dict = {}
             evaluating = step % config.eval_every == 0 or step == config.steps
             if regularizer is not None:
@@ -289,35 +322,51 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, callback: Callback | N
                     with torch.no_grad(), frozen.capture_taps() as taps_pre:
                         frozen(pixels)
                     inputs = (taps, taps_pre)
+                elif regularizer.global_batch:  # a kNN graph over every rank's images, gradients flowing back
+                    inputs = (dist.gather_rows(feats), pre_table[torch.from_numpy(idx).to(device)])
                 else:
-                    inputs = (feats, pre_table[torch.from_numpy(idx).to(device)])
+                    inputs = (feats, pre_table[torch.from_numpy(mine).to(device)])
                 terms = regularizer(*inputs, return_terms=True)
             # the generator's term is computed on detached features: it trains the generator only
             loss = task + terms.get("loss", 0.0) + terms.get("generator", 0.0)
-            if not math.isfinite(loss.item()):  # nothing of this step is applied, and the run ends here
-                run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), "diverged": True})
+            # the global batch's figures (ranks' means of equal shares, averaged): what one process logs
+            figures = dist.mean_over_ranks({"loss": loss.item(), "task": task.item(), **_scalar_terms(terms)})
+            if not math.isfinite(figures["loss"]):  # nothing of this step is applied, and the run ends here
+                run.log({"kind": "train", "step": step, "loss": figures["loss"], "task": figures["task"],
+                         "diverged": True})
                 status, step = DIVERGED, step - 1
                 break
 
             optimizer.zero_grad(set_to_none=True)
             if generator_opt is not None:
                 generator_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under torchrun DDP averages the encoder's and head's gradients over the ranks
+            if regularizer is not None:
+                dist.average_gradients(regularizer.parameters())  # the generator, learnable τ / b
             optimizer.step()
             if generator_opt is not None:
                 generator_opt.step()
-            run.log({"kind": "train", "step": step, "loss": loss.item(), "task": task.item(), **_scalar_terms(terms),
-                     "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started})
+            run.log({"kind": "train", "step": step, **figures, "lr": optimizer.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - started})
             if evaluating and not finite_weights(encoder, head):
                 run.log({"kind": "eval", "step": step, "diverged": True, "problem": "non-finite weights"})
                 status, step = DIVERGED, step - 1
                 break
             if evaluating:
-                accuracy = evaluation(step)
+                accuracy = dist.on_main(evaluation, step)
                 run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
         if status == "stopped" and step > 0 and finite_weights(encoder, head):
             run.save_checkpoint(checkpoint_state(encoder, head, step, regularizer))
-        return run.finish(status, step, accuracy)
+        return run.finish(status, step, accuracy, world_size=dist.world_size())
+
+
+def check_batch_splits(batch_size: int) -> None:
+    """Refuse a global batch that does not split evenly over the processes of a distributed run (every
+    rank must hold an equal share for the gathered batch and the averaged gradients to be the global ones)."""
+    if batch_size % dist.world_size():
+        raise ProxyFDAError(f"the batch of {batch_size} images does not split evenly over {dist.world_size()} "
+                            "processes; choose a batch size (classes per batch × images per class) that is a "
+                            "multiple of the number of processes")
 
 
 def finite_weights(*modules: nn.Module) -> bool:

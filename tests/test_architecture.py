@@ -15,7 +15,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "proxyfda"
 
-BASE = {"config", "errors", "paths", "registry", "device", "validation"}
+BASE = {"config", "errors", "paths", "registry", "device", "validation", "distributed"}
 ANALYSIS = {"data", "backbones", "runs", "encoders", "safe_encoder", "features", "knn", "metrics", "drift",
             "projection", "zeroshot", "report_html"}
 TRAINING = {"losses", "losses.base", "losses.baselines", "losses.fda", "losses.proxy_generator", "losses.proxy_fda",

@@ -34,9 +34,14 @@ class RecordingLoss(nn.Module):
     Set ``record_stats = False`` to skip recording (no device-to-host copies); set
     ``record_detail = True`` to also keep per-anchor and per-pair tensors where a loss has them
     ([B, B]-sized and larger: for a debugger looking at one batch, not for training).
+
+    ``global_batch`` marks a loss that relates the images of a batch to each other (FDA's kNN graph):
+    a distributed training run gives it every rank's features (`proxyfda.distributed.gather_rows`),
+    whereas per-image losses take each rank's own share and DDP's averaging makes their mean global.
     """
 
     input_kind: ClassVar[str] = "features"
+    global_batch: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -154,7 +154,12 @@ class FDALoss(RecordingLoss):
       weight: λ, multiplies the returned loss.
       preset: "ours" (default) or "paper" (see `FDA_PRESETS`): the defaults of bias, threshold,
         negative_weight and reduction; any of them given explicitly overrides its preset value.
+
+    Distributed training passes it the global batch (``global_batch``): the graph is the one a single
+    process would build.
     """
+
+    global_batch = True
 
     def __init__(self, k: int = 8, tau: float = 0.1, bias: float | None = None, threshold: str | None = None,
                  negative_weight: str | None = None, reduction: str | None = None, learn_tau: bool = False,

@@ -48,7 +48,12 @@ class ProxyFDALoss(RecordingLoss):
       proxy_weight: multiplies the proxies' pair weights (one reading of the paper's s = 0.4).
       detach_proxies: proxies act as fixed targets for the anchor only (no gradient to their members).
       train_generator_with_fda: let the encoder's loss reach the generator's parameters too.
+
+    Like FDA it takes the global batch in distributed training (``global_batch``): proxies pool from
+    every rank's images, and each rank's generator sees the same batch and takes the same step.
     """
+
+    global_batch = True
 
     def __init__(self, n_proxies: int = 4, alpha: float = 5.0, temperature: float = 0.1, gamma: float = 0.5,
                  estimate_loss: bool = True, proxy_similarity: str = "estimated", proxy_weight: float = 1.0,
