@@ -62,8 +62,11 @@ def features_from_source(source: str | None, images: ImageSet, root: Path | None
 
 
 def remember_source(source: str | None, encoder: Encoder, images: ImageSet, root: Path | None = None) -> None:
-    """Record that ``encoder`` was built from ``source``, so `features_from_source` finds its features."""
-    if source is not None:
+    """Record that ``encoder`` was built from ``source``, so `features_from_source` finds its features
+    (on rank 0 alone under ``torchrun``, like the features themselves)."""
+    from . import distributed as dist
+
+    if source is not None and dist.is_main():
         key = feature_cache_key(encoder, images)
         atomic_write_bytes(_source_index(source, images, root), lambda handle: handle.write(key.encode()))
 
