@@ -66,7 +66,8 @@ def init_from_env() -> None:
                             "run one process, or install a torch build with distributed support")
     missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
-        raise ProxyFDAError(f"WORLD_SIZE is {env_world_size()} but {', '.join(missing)} is not set; launch with "
+        raise ProxyFDAError(f"WORLD_SIZE is {env_world_size()} but {', '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not set; launch with "
                             "`torchrun --nproc_per_node N -m proxyfda ...`, which sets them all")
     backend = "gloo"
     if torch.cuda.is_available():

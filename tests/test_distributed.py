@@ -115,3 +115,41 @@ def test_sharded_extraction_gives_one_process_features_in_order(launched):
         assert features.shape == single.shape
         np.testing.assert_allclose(features, single, rtol=1e-4, atol=1e-5, err_msg=name)
     assert len(list((out / "cache" / "features").glob("*.npy"))) == 1  # written once, by rank 0
+
+
+# ---- without processes: the helpers' arithmetic and the errors a launch can meet ------------------
+
+def test_shards_cover_the_rows_in_order(monkeypatch):
+    from proxyfda import distributed as dist
+
+    monkeypatch.setattr(dist, "world_size", lambda: 3)
+    shards = [range(10)[dist.shard(10, r)] for r in range(3)]
+    assert [list(s) for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert [len(range(2)[dist.shard(2, r)]) for r in range(3)] == [1, 1, 0]  # fewer rows than ranks
+
+
+def test_one_process_gets_the_identity():
+    import torch
+
+    from proxyfda import distributed as dist
+
+    x = torch.randn(4, 3)
+    assert dist.gather_rows(x) is x and dist.world_size() == 1 and dist.is_main() and dist.shard(5) == slice(0, 5)
+    assert dist.mean_over_ranks({"loss": 2.5}) == {"loss": 2.5} and dist.on_main(lambda a: a + 1, 1) == 2
+
+
+def test_launch_errors_say_what_to_do(monkeypatch, tmp_path):
+    from proxyfda import distributed as dist
+    from proxyfda.errors import ProxyFDAError
+    from proxyfda.training import check_batch_splits, finetune
+
+    monkeypatch.setattr(dist, "world_size", lambda: 3)
+    with pytest.raises(ProxyFDAError, match="batch of 16 images does not split evenly over 3 processes"):
+        check_batch_splits(16)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ProxyFDAError, match="RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set; launch with"):
+        dist.init_from_env()
+    with pytest.raises(ProxyFDAError, match="SAFE trains in one process"):
+        finetune(FinetuneConfig(method="safe", base_encoder="open_clip:RN50:none"), tmp_path / "safe")
