@@ -18,6 +18,12 @@ import streamlit as st
 from app.session import SELECTION_KEY, set_focus, set_selection
 
 COLOR_OPTIONS = ("overlap@k", "class", "L2 drift")
+#: points drawn per map unless the user asks for all: at 100k points one map took 3 s to build and 9 MB
+#: to send on every redraw, at 20k a fifth of that
+MAP_POINTS = 20_000
+#: share of `MAP_POINTS` kept for the most drifted points, which a sample must never hide
+DRIFTED_SHARE = 0.1
+ALL_POINTS_KEY = "drift.all_points"
 QUALITATIVE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
                "#9d755d", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf"]
 
@@ -53,22 +59,47 @@ def _marker_colors(color_by: str, labels: np.ndarray, class_names: Sequence[str]
     return dict(color=overlap, colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title="overlap@k", thickness=10))
 
 
+def map_sample(overlap: np.ndarray, keep: Sequence[int] = (), budget: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
+    """Sorted row ids to draw when there are more than ``budget`` points: every id in ``keep`` (the focus,
+    its neighbours, the selection), the ``DRIFTED_SHARE`` most drifted (lowest overlap@k), and a uniform
+    random sample (``seed``) for the rest. All ids when they fit."""
+    n = len(overlap)
+    if n <= budget:
+        return np.arange(n)
+    drifted = np.argsort(overlap, kind="stable")[: int(budget * DRIFTED_SHARE)]
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.asarray(list(keep), dtype=np.int64)] = True
+    chosen[drifted] = True
+    rest = np.flatnonzero(~chosen)
+    extra = max(0, budget - int(chosen.sum()))
+    chosen[np.random.default_rng(seed).choice(rest, size=min(extra, len(rest)), replace=False)] = True
+    return np.flatnonzero(chosen)
+
+
 def map_figure(coords: np.ndarray, title: str, *, labels: np.ndarray, class_names: Sequence[str],
                overlap: np.ndarray, l2: np.ndarray, color_by: str = "overlap@k",
-               selected: Sequence[int] = (), focus: int | None = None, focus_neighbours: Sequence[int] = ()) -> go.Figure:
-    """One map: all points in one Scattergl trace (customdata = row id), the selection highlighted,
-    and the focused point (star) with its high-dimensional neighbours in this space (rings)."""
+               selected: Sequence[int] = (), focus: int | None = None, focus_neighbours: Sequence[int] = (),
+               shown: np.ndarray | None = None) -> go.Figure:
+    """One map: the points ``shown`` (sorted row ids; default all) in one Scattergl trace (customdata = row
+    id), the selection highlighted, and the focused point (star) with its high-dimensional neighbours in
+    this space (rings)."""
+    shown = np.arange(len(coords)) if shown is None else np.asarray(shown, dtype=np.int64)
+    labels, overlap, l2 = labels[shown], overlap[shown], l2[shown]
     hover = [f"id {i} · {class_names[int(c)]}<br>overlap@k {o:.2f} · L2 drift {d:.3f}"
-             for i, (c, o, d) in enumerate(zip(labels, overlap, l2))]
+             for i, c, o, d in zip(shown.tolist(), labels, overlap, l2)]
     trace = go.Scattergl(
-        x=coords[:, 0], y=coords[:, 1], mode="markers", name="points",
+        x=coords[shown, 0], y=coords[shown, 1], mode="markers", name="points",
         # a plain list: numpy arrays travel as typed-array blobs and come back from selections as dicts
-        customdata=list(range(len(coords))),
+        customdata=shown.tolist(),
         text=hover, hovertemplate="%{text}<extra></extra>",
-        marker=dict(size=5, opacity=0.85, **_marker_colors(color_by, labels, class_names, overlap, l2)),
+        marker=dict(size=5 if len(shown) <= MAP_POINTS else 3, opacity=0.85,
+                    **_marker_colors(color_by, labels, class_names, overlap, l2)),
     )
     if len(selected):
-        trace.selectedpoints = list(selected)  # point index == row id in this single trace
+        wanted = np.asarray(list(selected), dtype=np.int64)
+        at = np.searchsorted(shown, wanted)
+        drawn = (at < len(shown)) & (shown[np.minimum(at, len(shown) - 1)] == wanted)
+        trace.selectedpoints = at[drawn].tolist()  # positions in this trace of the selected row ids
         trace.selected = dict(marker=dict(opacity=1.0, size=7))
         trace.unselected = dict(marker=dict(opacity=0.12))
     fig = go.Figure(trace)
@@ -119,7 +150,8 @@ class MapPanel:
 def render_map_row(panels: Sequence[MapPanel], report, color_by: str, focus: int | None) -> None:
     """Linked maps side by side: a box/lasso/click in any one selects the same rows in all."""
     selected = st.session_state.get(SELECTION_KEY, [])
-    common = dict(labels=report.labels, class_names=report.class_names, selected=selected, focus=focus)
+    shown = _shown_points(panels, selected, focus)
+    common = dict(labels=report.labels, class_names=report.class_names, selected=selected, focus=focus, shown=shown)
     for column, panel in zip(st.columns(len(panels)), panels):
         with column:
             ring = panel.neighbours[focus] if focus is not None else ()
@@ -127,3 +159,22 @@ def render_map_row(panels: Sequence[MapPanel], report, color_by: str, focus: int
                              color_by=panel.color_by or color_by, **common)
             st.plotly_chart(fig, key=panel.key, on_select=lambda key=panel.key: _on_select(key),
                             selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+
+
+def _shown_points(panels: Sequence[MapPanel], selected: Sequence[int], focus: int | None) -> np.ndarray | None:
+    """The row ids every map of the row draws (the same in each, so they stay linked): all of them, or past
+    `MAP_POINTS` a stated sample unless the user ticks "Draw every point"."""
+    n = len(panels[0].coords)
+    if n <= MAP_POINTS:
+        return None
+    if st.checkbox(f"Draw every point ({n:,}; each redraw then takes seconds)", key=ALL_POINTS_KEY):
+        return None
+    keep = [*selected, *([focus] if focus is not None else [])]
+    if focus is not None:
+        keep += [int(i) for panel in panels for i in panel.neighbours[focus]]
+    overlap = np.min([panel.overlap for panel in panels], axis=0)
+    shown = map_sample(overlap, keep)
+    st.caption(f"The maps draw {len(shown):,} of {n:,} points: the {int(MAP_POINTS * DRIFTED_SHARE):,} most drifted, "
+               "the focused point with its neighbours and the selection, and a random sample of the rest. "
+               "A box or lasso selects among the points drawn; every score counts all points.")
+    return shown

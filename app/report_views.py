@@ -25,16 +25,29 @@ def metrics_panel(report: DriftReport) -> None:
     for column, (key, (_, what)) in zip(neighbourhood + geometry, SCORE_INFO.items()):
         column.metric(score_label(key, report.k), f"{m[key]:.3f}" if key in m else "n/a", help=omitted.get(key, what))
     neighbourhood[0].caption(f"random baseline k/(N−1) = {m['overlap_at_k_random_baseline']:.4f}")
-    st.caption(f"N = {m['n']} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
+    st.caption(f"N = {m['n']:,} images · k = {m['k']} · kNN backend: {m['knn_backend']}")
+    if "knn_note" in m:  # an approximate graph is always announced, with its measured recall
+        st.info(m["knn_note"], icon=":material/speed:")
     if omitted:
         st.caption("Not computed: " + "; ".join(omitted.values()) + ".")
 
 
-def most_drifted_table(report: DriftReport, top: int = 50) -> None:
-    table = report.most_drifted(top)
-    st.caption("Lowest overlap@k first. Select a row to inspect its neighbours.")
+#: rows per page of the most-drifted table
+PAGE_ROWS = 50
+
+
+def most_drifted_table(report: DriftReport) -> None:
+    """All points, most drifted first, a page of `PAGE_ROWS` at a time (at 100k points a full table would
+    send megabytes on every rerun); selecting a row inspects that point."""
+    pages = -(-report.n // PAGE_ROWS)
+    left, right = st.columns([1, 3])
+    page = left.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, key="drift.page")
+    start = (int(page) - 1) * PAGE_ROWS
+    table = report.most_drifted(PAGE_ROWS, start=start)
+    right.caption(f"Points {start + 1:,}–{start + len(table):,} of {report.n:,}, lowest overlap@k first. "
+                  "Select a row to inspect its neighbours.")
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
-                         key="drift.most_drifted", height=320,
+                         key=f"drift.most_drifted.{page}", height=320,
                          column_config={"overlap_at_k": st.column_config.ProgressColumn(
                              f"overlap@{report.k}", min_value=0.0, max_value=1.0, format="%.2f")})
     rows = event.selection.rows if event is not None else []

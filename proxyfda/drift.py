@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -26,7 +26,7 @@ from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
 from .errors import ProxyFDAError
-from .knn import KnnGraph, resolve_backend, search
+from .knn import APPROXIMATE, EXACT_MAX_N, RECALL_SAMPLE, KnnGraph, measured_recall, resolve_backend, search
 from .paths import atomic_write_bytes, cache_dir
 from .validation import check_features, check_k, check_same_n, unit_rows
 
@@ -59,6 +59,7 @@ class DriftReport:
     metrics: dict[str, float | int | str | dict[str, str]]
     class_table: pd.DataFrame
     config: DriftConfig | None = None
+    _drift_order: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -78,10 +79,23 @@ class DriftReport:
             "neighbours_finetuned": list(self.graph_b.indices),
         })
 
-    def most_drifted(self, top: int = 20) -> pd.DataFrame:
-        """The points whose neighbourhoods changed most: lowest overlap@k, then largest L2 drift."""
-        frame = self.points_frame().drop(columns=["neighbours_pretrained", "neighbours_finetuned"])
-        return frame.sort_values(["overlap_at_k", "l2_drift"], ascending=[True, False]).head(top)
+    def most_drifted(self, top: int = 20, start: int = 0) -> pd.DataFrame:
+        """The points whose neighbourhoods changed most: lowest overlap@k, then largest L2 drift (NaN last),
+        then id; rows ``start`` to ``start + top`` of that order, so a long list can be paged. Only those
+        rows are built (sorting 100k points takes 10 ms)."""
+        order = self.drift_order()[start:start + top]
+        return pd.DataFrame({
+            "id": order, "label": self.labels[order], "class": [self.class_names[int(c)] for c in self.labels[order]],
+            "overlap_at_k": self.overlap[order], "jaccard": self.jaccard[order],
+            "order_agreement": self.order[order], "l2_drift": self.l2_drift[order],
+        }, index=order)
+
+    def drift_order(self) -> np.ndarray:
+        """All point ids, most drifted first (the order of `most_drifted`)."""
+        if self._drift_order is None:
+            l2 = np.nan_to_num(self.l2_drift, nan=-np.inf)
+            self._drift_order = np.lexsort((np.arange(self.n), -l2, self.overlap))
+        return self._drift_order
 
     def neighbours(self, i: int) -> dict[str, np.ndarray]:
         """Point i's neighbours split into kept (in both), lost (pre-trained only), gained (fine-tuned only)."""
@@ -100,56 +114,93 @@ class DriftReport:
 
 
 def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_names: list[str], k: int,
-                  backend: str = "auto", config: DriftConfig | None = None) -> DriftReport:
+                  backend: str = "auto", config: DriftConfig | None = None,
+                  progress: StageProgress | None = None) -> DriftReport:
     """kNN graphs of both spaces (cosine), per-point drift and the global preservation metrics.
 
     Everything is checked here, once: both feature arrays (finite, one row per label, no all-zero
     row), k against the number of points, the backend (resolved to a concrete one). The graphs and
     rank scores below then run on the checked unit rows without checking again.
 
+    Memory stays O(N·d): no N×N matrix (ranks and kNN go in row blocks, CKA and Procrustes through d×d
+    Gram matrices) and, beyond the inputs, one unit-row copy of each space, float32 for large spaces
+    (`proxyfda.metrics.rank_dtype`). An approximate kNN backend (`proxyfda.knn.APPROXIMATE`, which
+    "auto" picks above `knn.EXACT_MAX_N` points) is announced in ``metrics["knn_note"]`` with the
+    recall@k of each graph measured against exact search (``knn_recall_a``, ``knn_recall_b``).
+    ``progress(message, fraction)`` hears of each stage.
+
     Spaces of different widths (e.g. a 512-d and a 1280-d encoder) get every score but the per-point
     L2 drift, which compares a point's two vectors coordinate by coordinate: it is NaN per point and
     left out of the metrics. Each score left out is named in ``metrics["omitted"]`` with the reason.
     """
+    say = progress or (lambda message, fraction: None)
     fix = "drop the images whose features are all zero"
-    a, b = check_features(x_a, "x_a", np.float64), check_features(x_b, "x_b", np.float64)
+    a, b = (check_features(x, name, np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
+            for x, name in ((x_a, "x_a"), (x_b, "x_b")))
     check_same_n(a, b, "x_a", "x_b")
     n = len(a)
     if len(labels) != n:
         raise ProxyFDAError(f"there are {len(labels)} labels for {n} feature rows: give one label per image")
     k = check_k(k, n)
     backend = resolve_backend(backend, n)
-    unit_a, unit_b = unit_rows(a, "x_a", fix), unit_rows(b, "x_b", fix)  # float64: L2 and rank scores
-    graph_a, graph_b = (search(np.ascontiguousarray(u, dtype=np.float32), k, "ip", backend) for u in (unit_a, unit_b))
+    work = M.rank_dtype(n, max(a.shape[1], b.shape[1]))  # float64 while small: bit-for-bit sklearn's ranks
+    unit_a, unit_b = (unit_rows(x, name, fix).astype(work, copy=False) for x, name in ((a, "x_a"), (b, "x_b")))
+    omitted = omitted_scores(n, k, a.shape[1], b.shape[1])
+    metrics: dict[str, float | int | str | dict[str, str]] = {"n": n, "k": k, "knn_backend": backend}
+    graphs = []
+    for name, unit in (("pre-trained", unit_a), ("fine-tuned", unit_b)):
+        say(f"kNN graph of the {name} space ({n:,} points, {backend})", 0.05 + 0.15 * len(graphs))
+        graphs.append(search(np.ascontiguousarray(unit, dtype=np.float32), k, "ip", backend))
+    graph_a, graph_b = graphs
+    if backend in APPROXIMATE:
+        say(f"Measuring the approximate graphs' recall@{k} on {min(n, RECALL_SAMPLE):,} points", 0.35)
+        metrics.update(_recall_scores(unit_a, unit_b, graph_a, graph_b, k, backend))
+    say("Per-point drift", 0.4)
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
     order = M.order_agreement(graph_a.indices, graph_b.indices)
-    omitted = omitted_scores(n, k, a.shape[1], b.shape[1])
-    l2 = np.full(n, np.nan) if "mean_l2_drift" in omitted else np.linalg.norm(unit_a - unit_b, axis=1)
-    metrics: dict[str, float | int | str | dict[str, str]] = {
-        "n": n,
-        "k": k,
-        "knn_backend": backend,
+    l2 = np.full(n, np.nan) if "mean_l2_drift" in omitted else M.unit_distances(a, b)
+    say("Global geometry: linear CKA, Procrustes, CKNNA", 0.45)
+    geometry = M.Geometry(a, b)
+    metrics.update({
         "overlap_at_k_mean": float(overlap.mean()),
         "overlap_at_k_random_baseline": M.overlap_random_baseline(k, n),
         "jaccard_mean": float(jaccard.mean()),
         "order_agreement_mean": float(order.mean()),
-        "linear_cka": M.linear_cka(a, b),
-        "procrustes_disparity": M.procrustes_disparity(a, b),
-    }
+        "linear_cka": geometry.linear_cka(),
+        "procrustes_disparity": geometry.procrustes_disparity(),
+    })
     if "mean_l2_drift" not in omitted:
         metrics["mean_l2_drift"] = float(l2.mean())
     if "cknna" not in omitted:
         metrics["cknna"] = M.cknna(None, None, k, graphs=(graph_a, graph_b))
     if "trustworthiness" not in omitted:
+        def ranked(done: int, total: int) -> None:
+            say(f"Trustworthiness and continuity: ranked {done:,} of {total:,} rows", 0.5 + 0.5 * done / total)
+
         metrics["trustworthiness"], metrics["continuity"] = M.rank_preservation(
-            unit_a, unit_b, graph_a.indices, graph_b.indices)
+            unit_a, unit_b, graph_a.indices, graph_b.indices, progress=ranked)
     if omitted:
         metrics["omitted"] = omitted
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
+    say("Done", 1.0)
     return DriftReport(k=k, labels=labels, class_names=class_names, graph_a=graph_a, graph_b=graph_b,
                        overlap=overlap, jaccard=jaccard, order=order, l2_drift=l2, metrics=metrics, class_table=class_table,
                        config=config)
+
+
+def _recall_scores(unit_a: np.ndarray, unit_b: np.ndarray, graph_a: KnnGraph, graph_b: KnnGraph, k: int,
+                   backend: str) -> dict[str, float | str]:
+    """recall@k of both approximate graphs, and the sentence that announces them."""
+    recall = [measured_recall(np.ascontiguousarray(u, dtype=np.float32), g, "ip")
+              for u, g in ((unit_a, graph_a), (unit_b, graph_b))]
+    n = len(unit_a)
+    why = (f"N = {n:,} > {EXACT_MAX_N:,}, where exact search stops being practical"
+           if n > EXACT_MAX_N else "it was chosen")
+    note = (f"The kNN graphs are approximate ({backend}) because {why}: recall@{k} against exact search "
+            f"is {recall[0]:.3f} (pre-trained) and {recall[1]:.3f} (fine-tuned), measured on "
+            f"{min(n, RECALL_SAMPLE):,} points. Choose the 'torch' backend for exact graphs.")
+    return {"knn_recall_a": recall[0], "knn_recall_b": recall[1], "knn_note": note}
 
 
 def omitted_scores(n: int, k: int, width_a: int, width_b: int) -> dict[str, str]:
@@ -179,11 +230,14 @@ _PER_POINT = {"overlap_at_k_mean": "overlap", "jaccard_mean": "jaccard", "order_
               "mean_l2_drift": "l2_drift"}
 
 
-def permuted_scores(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutation: np.ndarray) -> dict[str, float]:
+def permuted_scores(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutation: np.ndarray,
+                    geometry: M.Geometry | None = None) -> dict[str, float]:
     """The calibrated scores when image i of space A is paired with image ``permutation[i]`` of space B.
 
     No new kNN search: B's graph is relabelled (the neighbours of permutation[i], renamed by the
-    inverse permutation), which is exactly the graph of the permuted rows.
+    inverse permutation), which is exactly the graph of the permuted rows. ``geometry`` (the
+    `proxyfda.metrics.Geometry` of x_a and x_b, which `calibrate` builds once) saves recomputing each
+    space's own Gram matrix.
     """
     n, k = report.n, report.k
     inverse = np.empty(n, dtype=np.int64)
@@ -194,12 +248,10 @@ def permuted_scores(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permu
         "overlap_at_k_mean": float(M.knn_overlap(report.graph_a.indices, idx_b).mean()),
         "jaccard_mean": float(M.jaccard(report.graph_a.indices, idx_b).mean()),
         "order_agreement_mean": float(M.order_agreement(report.graph_a.indices, idx_b).mean()),
-        "linear_cka": M.linear_cka(x_a, np.asarray(x_b)[permutation]),
+        "linear_cka": (geometry or M.Geometry(*M.paired(x_a, x_b))).permuted_cka(permutation),
     }
     if "mean_l2_drift" in report.metrics:
-        unit_a = unit_rows(np.asarray(x_a, np.float64), "x_a", "")
-        unit_b = unit_rows(np.asarray(x_b, np.float64)[permutation], "x_b", "")
-        scores["mean_l2_drift"] = float(np.linalg.norm(unit_a - unit_b, axis=1).mean())
+        scores["mean_l2_drift"] = float(M.unit_distances(np.asarray(x_a), np.asarray(x_b), permutation).mean())
     if "cknna" in report.metrics:
         scores["cknna"] = M.cknna(None, None, k, graphs=(report.graph_a, graph_b))
     return scores
@@ -224,7 +276,8 @@ def calibrate(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutation
     per-point means, a 95 % bootstrap interval over images. Raw scores rise with dimension and k
     alone; a score near its null says nothing was preserved."""
     rng = np.random.default_rng(seed)
-    null = [permuted_scores(report, x_a, x_b, rng.permutation(report.n)) for _ in range(permutations)]
+    geometry = M.Geometry(*M.paired(x_a, x_b))
+    null = [permuted_scores(report, x_a, x_b, rng.permutation(report.n), geometry) for _ in range(permutations)]
     rows = []
     for name in CALIBRATED:
         if name not in report.metrics:
@@ -278,14 +331,26 @@ def load_drift_images(config: DriftConfig) -> ImageSet:
     """The image set a drift config compares (a class-balanced sample of ``config.n`` images).
 
     ``config.k`` is checked against the number of images here, before any encoder runs, so a k too
-    large for the data fails at once with the largest usable k.
+    large for the data fails at once with the largest usable k. The labels come from ``config.labels``
+    when it names a file; embedding files (``vectors:`` specs) are checked to hold as many rows first.
     """
-    images = load_images(config.data, n=config.n or None, seed=config.seed)
+    check_embedding_files(config)
+    images = load_images(config.data, n=config.n or None, seed=config.seed, labels=config.labels)
     try:
         check_k(config.k, len(images))
     except ProxyFDAError as exc:
         raise ProxyFDAError(f"{config.data} gave {len(images)} images (n={config.n or 'all'}): {exc}") from None
     return images
+
+
+def check_embedding_files(config: DriftConfig) -> None:
+    """The embedding files among the config's encoders (``vectors:`` specs) must hold the same number of
+    rows; the error names two that differ. (Each against the images: `proxyfda.encoders.precomputed_features`.)"""
+    from .encoders import vectors_source
+    from .vectors import check_same_rows
+
+    specs = filter(None, (config.pretrained, config.finetuned, config.compare))
+    check_same_rows([source for source in map(vectors_source, specs) if source])
 
 
 def encoder_features(spec: str, images: ImageSet, image_size: int | None,
@@ -294,11 +359,17 @@ def encoder_features(spec: str, images: ImageSet, image_size: int | None,
     """Features of ``images`` under the encoder ``spec`` on the fastest device, disk-cached.
 
     Features cached for the same spec, weight files and images are found without building the
-    encoder (nor importing torch): see `proxyfda.encoders.spec_fingerprint`.
+    encoder (nor importing torch): see `proxyfda.encoders.spec_fingerprint`. A ``vectors:`` spec's
+    features are read from its file (`proxyfda.encoders.precomputed_features`): no encoder at all.
     """
-    from .encoders import spec_fingerprint, spec_run
+    from .encoders import precomputed_features, spec_fingerprint, spec_run
     from .features import extract_features, features_from_source, remember_source
 
+    precomputed = precomputed_features(spec, images)
+    if precomputed is not None:
+        if progress:
+            progress(len(images), len(images))
+        return precomputed
     source = spec_fingerprint(spec, image_size or None)
     cached = features_from_source(source, images)
     if cached is not None:
@@ -441,8 +512,11 @@ def run_three_way(config: DriftConfig, progress: StageProgress | None = None) ->
 
 def encoder_names(*specs: str) -> list[str]:
     """Short names for encoder specs in a comparison: a run's folder name (``run:/x/naive-s0`` -> naive-s0),
-    else the spec itself."""
-    return [Path(spec.removeprefix("run:")).name if spec.startswith("run:") else spec for spec in specs]
+    an embedding file's name (``vectors:/x/a.npy`` -> a.npy), else the spec itself."""
+    from .vectors import describe
+
+    return [Path(spec.removeprefix("run:")).name if spec.startswith("run:")
+            else describe(spec.removeprefix("vectors:")) if spec.startswith("vectors:") else spec for spec in specs]
 
 
 def _default_encoder(spec: str, image_size: int | None) -> "Encoder":

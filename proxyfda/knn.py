@@ -201,7 +201,12 @@ def _faiss_knn(x: np.ndarray, k: int, metric: str, gpu: bool) -> KnnGraph:
     faiss = _faiss()
     index = faiss.IndexFlatL2(x.shape[1]) if metric == "l2" else faiss.IndexFlatIP(x.shape[1])
     if gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        if faiss.get_num_gpus() > 1:  # several GPUs: each holds 1/G of the points; results merged, still exact
+            options = faiss.GpuMultipleClonerOptions()
+            options.shard = True
+            index = faiss.index_cpu_to_all_gpus(index, co=options)
+        else:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(x)
     sims, indices = index.search(x, k + 1)
     if metric == "l2":

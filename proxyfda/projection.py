@@ -30,7 +30,9 @@ import numpy as np
 from .config import PROJECTION_METHODS
 from .errors import ProxyFDAError
 from .paths import atomic_write_bytes, cache_dir
-PROJECTION_VERSION = "v1"
+PROJECTION_VERSION = "v2"  # v2: neighbour graphs from proxyfda.knn, not UMAP's NN-descent
+#: metrics whose neighbour graph `umap_neighbours` builds for UMAP
+UMAP_METRICS = ("cosine", "euclidean")
 #: UMAP's spectral start needs more points than the map's two dimensions + 1
 MIN_POINTS = 4
 
@@ -42,6 +44,36 @@ def _umap(**kwargs):
     import umap  # imported lazily: costs seconds, and is not needed when maps come from the cache
 
     return umap.UMAP(**kwargs)
+
+
+def _fit(x: np.ndarray, common: dict, init: np.ndarray | None = None) -> np.ndarray:
+    """One UMAP map of ``x``, its neighbour graph given to UMAP from `umap_neighbours` (for the metrics
+    that supports) instead of found by UMAP's own NN-descent: on 10k × 1280 points NN-descent took 206 s
+    and the layout 54 s (two busy cores), our exact search 6 s."""
+    import warnings
+
+    options = dict(common, **({"init": init} if init is not None else {}))
+    if common["metric"] in UMAP_METRICS:
+        options["precomputed_knn"] = umap_neighbours(x, common["n_neighbors"], common["metric"])
+    with warnings.catch_warnings():  # "transform will not work with a precomputed kNN": we never transform
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        return _umap(**options).fit_transform(x)
+
+
+def umap_neighbours(x: np.ndarray, n_neighbors: int, metric: str) -> tuple[np.ndarray, np.ndarray, None]:
+    """UMAP's ``precomputed_knn``: each point itself (distance 0) and its ``n_neighbors`` − 1 nearest others
+    by `proxyfda.knn` (exact up to `knn.EXACT_MAX_N` points, HNSW above), as cosine or euclidean distances."""
+    from .knn import resolve_backend, search
+    from .validation import check_features, unit_rows
+
+    feats = check_features(x, "x")
+    if metric == "cosine":
+        feats = unit_rows(feats, "x", "drop the points whose features are all zero")
+    graph = search(feats, n_neighbors - 1, "ip" if metric == "cosine" else "l2", resolve_backend("auto", len(feats)))
+    distances = 1.0 - graph.similarities if metric == "cosine" else np.sqrt(-graph.similarities)
+    own = np.arange(len(feats))[:, None]
+    return (np.hstack([own, graph.indices]),
+            np.hstack([np.zeros_like(own, dtype=np.float32), np.maximum(distances, 0.0)]).astype(np.float32), None)
 
 
 def warm_up() -> None:
@@ -139,9 +171,9 @@ def project_pair(x_a: np.ndarray, x_b: np.ndarray, method: str = "init", n_neigh
         map_a, map_b = _fit_chain([x_a, x_b], common, say, names=("the pre-trained features", "the fine-tuned features"))
     else:
         say("Fitting UMAP on the pre-trained features")
-        map_a = _umap(**common).fit_transform(x_a)
+        map_a = _fit(x_a, common)
         say("Fitting UMAP on the fine-tuned features")
-        map_b = _umap(**common).fit_transform(x_b)
+        map_b = _fit(x_b, common)
     map_a = np.asarray(map_a, dtype=np.float32)
     map_b = procrustes_align(np.asarray(map_b, dtype=np.float64), map_a.astype(np.float64)).astype(np.float32)
     if use_cache:
@@ -155,8 +187,7 @@ def _fit_chain(xs: list[np.ndarray], common: dict, say: Callable[[str], None],
     maps: list[np.ndarray] = []
     for i, x in enumerate(xs):
         say(f"Fitting UMAP on {names[i]}" if names else f"Fitting UMAP {i + 1}/{len(xs)}")
-        init = {"init": maps[-1]} if maps else {}
-        fitted = np.asarray(_umap(**common, **init).fit_transform(x), dtype=np.float64)
+        fitted = np.asarray(_fit(x, common, maps[-1] if maps else None), dtype=np.float64)
         maps.append(procrustes_align(fitted, maps[-1]) if maps else fitted)
     return [m.astype(np.float32) for m in maps]
 
