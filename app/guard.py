@@ -18,6 +18,7 @@ from proxyfda.encoders import spec_paths
 from proxyfda.errors import ProxyFDAError
 from proxyfda.paths import cache_dir, confine, data_dir, extra_roots
 from proxyfda.runs import runs_root
+from proxyfda.vectors import split_source
 
 #: the most images one request may embed (the scale the app is built for); $PROXYFDA_MAX_IMAGES changes it
 MAX_IMAGES = int(os.environ.get("PROXYFDA_MAX_IMAGES", 100_000))
@@ -51,9 +52,11 @@ def check_images(images: ImageSet) -> None:
 
 
 def check_drift_config(config: DriftConfig) -> None:
-    """A Drift Explorer request: its paths confined and its sample size bounded."""
+    """A Drift Explorer request: its paths confined (a labels file too) and its sample size bounded."""
     check_count(config.n)
     check_specs([config.data], [config.pretrained, config.finetuned, *([config.compare] if config.compare else [])])
+    if config.labels:
+        confine(split_source(config.labels)[0], allowed_roots())
 
 
 def check_count(n_images: int) -> None:

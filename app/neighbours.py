@@ -17,10 +17,18 @@ def _thumbs(images: ImageSet, ids: Sequence[int], captions: Sequence[str], show_
     if not len(ids):
         st.caption("none")
         return
-    if show_images:
+    if show_images and images.has_images:
         st.image([images.thumbnail(int(i)) for i in ids], caption=list(captions), width=THUMB_WIDTH)
     else:
         st.write(", ".join(f"{int(i)} ({c})" for i, c in zip(ids, captions)))
+
+
+def _picture(images: ImageSet, row: int) -> None:
+    """The focused point's image, or its id in large type when the points have no images (embedding files)."""
+    if images.has_images:
+        st.image(images.thumbnail(row), width=2 * THUMB_WIDTH)
+    else:
+        st.markdown(f"### #{row}")
 
 
 def _captions(images: ImageSet, ids: Sequence[int], sims: dict[int, float]) -> list[str]:
@@ -40,7 +48,7 @@ def neighbour_panel(report: DriftReport, images: ImageSet, row: int, show_images
     sims_b = dict(zip(report.graph_b.indices[row].tolist(), report.graph_b.similarities[row].tolist()))
     head, info = st.columns([1, 5])
     with head:
-        st.image(images.thumbnail(row), width=2 * THUMB_WIDTH)
+        _picture(images, row)
     with info:
         st.markdown(f"**Point {row}** · class **{images.class_of(row)}** · overlap@{report.k} = "
                     f"**{report.overlap[row]:.2f}** (random: {report.metrics['overlap_at_k_random_baseline']:.3f}) · "
@@ -75,7 +83,7 @@ def three_way_panel(both: ThreeWay, images: ImageSet, row: int, show_images: boo
     split = both.split(row)
     head, info = st.columns([1, 5])
     with head:
-        st.image(images.thumbnail(row), width=2 * THUMB_WIDTH)
+        _picture(images, row)
     with info:
         st.markdown(f"**Point {row}** · class **{images.class_of(row)}** · overlap@{both.b.k}: "
                     f"**{both.b.overlap[row]:.2f}** under {both.name_b}, **{both.c.overlap[row]:.2f}** under {both.name_c}")

@@ -17,8 +17,9 @@ from proxyfda import projection
 from proxyfda.config import DriftConfig
 from proxyfda.data import ImageSet, load_images
 from proxyfda.drift import DriftReport, cached_drift, compare_features, drift_features
-from proxyfda.encoders import names_default
+from proxyfda.encoders import names_default, vectors_source
 from proxyfda.runs import default_run_ready
+from proxyfda.vectors import file_stamp
 
 from app import guard
 
@@ -33,12 +34,21 @@ def get_encoder(spec: str, image_size: int | None):
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def get_images(data: str, n: int, seed: int) -> ImageSet:
-    """The images of a request, once per (data, n, seed): a folder's files are checked to lie inside the
-    app's folders here, not on every rerun."""
-    images = load_images(data, n=n or None, seed=seed)
+def get_images(data: str, n: int, seed: int, labels: str = "", labels_stamp: str = "") -> ImageSet:
+    """The images of a request, once per (data, n, seed, labels file and its `file_stamp`): a folder's files
+    are checked to lie inside the app's folders here, not on every rerun."""
+    images = load_images(data, n=n or None, seed=seed, labels=labels)
     guard.check_images(images)
     return images
+
+
+def features_key(config: DriftConfig, images: ImageSet, second: str) -> tuple:
+    """What names the feature arrays of ``config.pretrained`` and ``second`` over ``images`` in the page's
+    in-memory caches: the specs, images and resolution, and each embedding file's size and modification
+    time (a file rewritten under the same name is read again)."""
+    specs = (config.pretrained, second)
+    stamps = tuple(file_stamp(source) for source in map(vectors_source, specs) if source)
+    return (*specs, images.fingerprint, config.image_size, *stamps)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -79,7 +79,8 @@ def selection(n_points: int) -> list[int]:
 
 #: the pages whose widget values outlive a visit to another page, by key prefix, with their buttons'
 #: keys (a button's value cannot be written back)
-KEPT_PAGES = {"drift.cfg.": (), "drift.color_by": (), "drift.show_images": (), "live.cfg.": (),
+KEPT_PAGES = {"drift.cfg.": (), "drift.vec.": (), "drift.source": (), "drift.color_by": (), "drift.show_images": (),
+              "live.cfg.": (),
               "teach.": ("teach.step10", "teach.step100", "teach.reset"), "debug.": ("debug.compare",)}
 
 

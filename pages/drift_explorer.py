@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from proxyfda.drift import encoder_names, three_way
+from proxyfda.drift import check_embedding_files, encoder_names, three_way
 from proxyfda.encoders import spec_run
 from proxyfda.errors import ProxyFDAError
 from proxyfda.projection import cached_pair
+from proxyfda.vectors import file_stamp
 
 from app import guard, session
 from app.drift_controls import drift_controls
 from app.linked_maps import render_linked_maps
 from app.neighbours import neighbour_panel, selection_grid
-from app.pipeline import get_images, get_report, load_compare_features, load_features, projection_jobs
+from app.pipeline import (features_key, get_images, get_report, load_compare_features, load_features,
+                          projection_jobs)
 from app.report_views import (calibration_view, class_drift_view, export_buttons, html_report_button,
                               metrics_panel, most_drifted_table)
 from app.three_way_view import three_way_view
@@ -30,8 +32,14 @@ try:
     for run in filter(None, map(spec_run, filter(None, (config.pretrained, config.finetuned, config.compare)))):
         if note := run.incomplete_note():  # a stopped, diverged or interrupted run is shown, but not silently
             st.warning(note)
-    images = get_images(config.data, config.n, config.seed)
+    check_embedding_files(config)  # two embedding files of different lengths: named before anything is read
+    images = get_images(config.data, config.n, config.seed, config.labels,
+                        file_stamp(config.labels) if config.labels else "")
     guard.check_count(len(images))
+    if not images.has_images:
+        st.info(f"{config.data}: these points come from embedding files without images, so each is shown by its "
+                "id and class instead of a thumbnail (give the images they embed to see them).")
+        show_images = False
     for note in images.notes:  # e.g. fewer images than asked for
         st.info(note)
     if images.skipped:
@@ -39,12 +47,12 @@ try:
         with st.expander("Skipped files"):
             st.dataframe({"file": [f for f, _ in images.skipped], "reason": [r for _, r in images.skipped]})
     x_a, x_b = load_features(config, images)
-    feature_key = (config.pretrained, config.finetuned, images.fingerprint, config.image_size)
+    feature_key = features_key(config, images, config.finetuned)
     report = get_report(x_a, x_b, feature_key, images.labels, images.class_names, config.k, config.knn_backend)
     both = x_c = None
     if config.compare:
         x_c = load_compare_features(config, images)
-        compare_key = (config.pretrained, config.compare, images.fingerprint, config.image_size)
+        compare_key = features_key(config, images, config.compare)
         report_c = get_report(x_a, x_c, compare_key, images.labels, images.class_names, config.k, config.knn_backend)
         both = three_way(report, report_c, *encoder_names(config.finetuned, config.compare))
 except ProxyFDAError as exc:

@@ -31,6 +31,9 @@ OVERWRITE_HELP = ("replace the run already in --out: the new run is built beside
                   "when it has finished, so the old one stays whole until then")
 #: fields whose None default means "the method's own"
 METHOD_DEFAULT_HELP = "(default: the method's own; naive and the regularised methods: {}, safe: {})"
+#: what a config field's option means, where its name alone does not say
+FIELD_HELP = {"labels": "a labels file (.npy, .txt, .csv or .parquet[#COLUMN]): one class name or id per image of "
+                        "the whole data set, in its order, instead of the data's own classes"}
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
@@ -45,12 +48,23 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
             help_text = METHOD_DEFAULT_HELP.format(TRAINING_DEFAULTS[f.name], SAFE_TRAINING_DEFAULTS[f.name])
         else:
             help_text = f"(default: {json.dumps(default)})"
+        if f.name in FIELD_HELP:
+            help_text = f"{FIELD_HELP[f.name]} {help_text}"
         if str(f.type) == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=CHOICES.get(f.name),
-                                help=help_text)
+                                help=help_text, action=_StoreGiven)
+
+
+class _StoreGiven(argparse.Action):
+    """Store an option's value and remember that it was given (``args.given``), so a command can tell an
+    explicit ``--n 2000`` from the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
 def _methods_epilog() -> str:
@@ -163,12 +177,33 @@ def _default_steps() -> int:
     return resolve_config(DEFAULT_FINETUNE).steps
 
 
+def _embedding_files(args: argparse.Namespace) -> None:
+    """``drift --features-a A --features-b B [--images SPEC]``: the config's encoders become ``vectors:`` specs
+    and its data the images, or ``rows:N`` (A's rows) without them; ``--n`` left out means every row."""
+    from .vectors import row_count
+
+    given = [flag for flag, value in (("--features-a", args.features_a), ("--features-b", args.features_b)) if value]
+    if not given:
+        if args.images:
+            raise ProxyFDAError("--images goes with --features-a and --features-b (the embedding files whose "
+                                "thumbnails they are); to embed images, give them as --data")
+        return
+    if len(given) == 1:
+        missing = "--features-b" if given == ["--features-a"] else "--features-a"
+        raise ProxyFDAError(f"{given[0]} needs {missing} too: drift compares two embedding files of the same points")
+    args.pretrained, args.finetuned = f"vectors:{args.features_a}", f"vectors:{args.features_b}"
+    args.data = args.images or f"rows:{row_count(args.features_a)}"
+    if "n" not in getattr(args, "given", ()):
+        args.n = 0
+
+
 def cmd_drift(args: argparse.Namespace) -> None:
     from .default import ensure_default_for
     from .drift import run_drift, run_three_way
 
-    config = _config_from_args(DriftConfig, args)
     check_writable(args.out)
+    _embedding_files(args)
+    config = _config_from_args(DriftConfig, args)
     ensure_default_for([config.pretrained, config.finetuned, config.compare], _finetune_printer("default fine-tune"))
     bar = _StageBar()
     if config.compare:
@@ -241,8 +276,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .default import ensure_default_for
     from .report_html import check_output, write_report
 
-    config = _config_from_args(DriftConfig, args)
     check_output(args.out)  # before building the default or embedding anything
+    _embedding_files(args)
+    config = _config_from_args(DriftConfig, args)
     ensure_default_for([config.pretrained, config.finetuned], _finetune_printer("default fine-tune"))
     bar = _StageBar()
     path = write_report(config, args.out, progress=bar)
@@ -299,6 +335,27 @@ def cmd_app(args: argparse.Namespace) -> None:
     os.execv(command[0], command)
 
 
+DRIFT_EPILOG = """embedding files you already have:
+  proxyfda drift --features-a before.npy --features-b after.parquet#embedding [--labels classes.csv]
+                 [--images folder:DIR] --out DIR
+  compares them row by row (every row unless --n; one class unless --labels or --images give classes).
+  Files: .npy [N, d]; .parquet with a list column; .csv with "[0.1, 0.2, ...]" strings or numeric columns.
+  The same works as encoder specs: --pretrained vectors:before.npy --finetuned vectors:after.npy --data rows:N.
+"""
+
+
+def _add_embedding_options(parser: argparse.ArgumentParser) -> None:
+    """``--features-a/-b`` and ``--images`` of ``drift`` and ``report`` (see `_embedding_files`)."""
+    parser.add_argument("--features-a", metavar="FILE", help="embeddings you already have, before (pre-trained): .npy "
+                        "[N, d], or .parquet/.csv with a column of vectors (FILE#COLUMN names it); replaces "
+                        "--pretrained")
+    parser.add_argument("--features-b", metavar="FILE", help="the same points' embeddings after (fine-tuned), in the "
+                        "same order; its width may differ from A's; replaces --finetuned")
+    parser.add_argument("--images", metavar="SPEC", help="with --features-a/-b: the data spec of the images they "
+                        "embed, in the same order (thumbnails; their classes unless --labels); without it there are "
+                        "no images")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxyfda", description="See what fine-tuning does to a vision "
                                      "encoder's feature space.")
@@ -317,13 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npy file")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("drift", help="compare two encoders' kNN graphs over the same images")
+    p = sub.add_parser("drift", help="compare two encoders' (or two embedding files') kNN graphs over the same "
+                       "images", epilog=DRIFT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(p, DriftConfig)
+    _add_embedding_options(p)
     p.add_argument("--out", required=True, help="directory for metrics.json and points.parquet")
     p.set_defaults(func=cmd_drift)
 
-    p = sub.add_parser("report", help="write a drift analysis as one self-contained HTML file (opens offline)")
+    p = sub.add_parser("report", help="write a drift analysis as one self-contained HTML file (opens offline)",
+                       epilog=DRIFT_EPILOG.replace("proxyfda drift", "proxyfda report").replace("--out DIR",
+                                                                                             "--out FILE.html"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(p, DriftConfig)
+    _add_embedding_options(p)
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. drift-report.html")
     p.set_defaults(func=cmd_report)
 

@@ -120,6 +120,10 @@ class DriftConfig(JsonConfig):
     # a second fine-tuned encoder of the same base ("" for none): the three-way view compares what
     # each of the two fine-tunes kept of the pre-trained neighbourhoods
     compare: str = ""
+    # a labels file ("" for the data's own classes): one class name or id per image of the whole set, in
+    # its order (proxyfda.vectors.load_labels); with rows:N data (embedding files without images) the
+    # only way to have classes
+    labels: str = ""
 
     def __post_init__(self) -> None:
         # What can be checked without the images is checked here, once; k < N once the images are

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "proxyfda"
 
 BASE = {"config", "errors", "paths", "registry", "device", "validation", "distributed"}
 ANALYSIS = {"data", "backbones", "runs", "encoders", "safe_encoder", "features", "knn", "metrics", "drift",
-            "projection", "zeroshot", "report_html"}
+            "projection", "zeroshot", "report_html", "vectors"}
 TRAINING = {"losses", "losses.base", "losses.baselines", "losses.fda", "losses.proxy_generator", "losses.proxy_fda",
             "sampling", "methods", "training", "safe", "interpolation", "forgetting", "live", "proxy_debug", "teaching"}
 EDGES = {"default", "cli", "__main__", ""}  # "" is the package face, proxyfda/__init__.py
