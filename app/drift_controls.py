@@ -174,7 +174,7 @@ def _advanced(labels: bool = False) -> None:
             st.text_input("Labels file (optional)", key=_key("labels"),
                           help="Classes for the images from a file instead of the data's own: one name or id per "
                                f"image of the whole set, in its order ({', '.join(LABEL_SUFFIXES)}).")
-        st.selectbox("kNN backend", ["auto", *available_backends()], key=_key("knn_backend"))
+        st.selectbox("kNN backend", ["auto", *available_backends(approximate=True)], key=_key("knn_backend"))
         st.selectbox("Map alignment", PROJECTION_METHODS, key=_key("projection"),
                      help="init: fit the pre-trained map, start the fine-tuned one from it, Procrustes-align. "
                           "independent: two fits, Procrustes. aligned: AlignedUMAP (slowest).")

@@ -18,8 +18,9 @@ from .errors import ProxyFDAError
 
 T = TypeVar("T", bound="JsonConfig")
 
-#: kNN backends (proxyfda.knn); "auto" picks FAISS on a GPU when there is one, else exact torch blocks
-KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-gpu")
+#: kNN backends (proxyfda.knn); "auto" picks FAISS on a GPU when there is one, else exact torch blocks up
+#: to knn.EXACT_MAX_N points and approximate FAISS HNSW above (announced, with its measured recall)
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-gpu", "faiss-hnsw")
 #: how the two maps are placed (proxyfda.projection)
 PROJECTION_METHODS = ("init", "independent", "aligned")
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 #: bump when what `compute_drift` computes changes: reports cached by older code are then not read
 REPORT_VERSION = "drift-v3"
 
+#: resampled indices drawn at once by `bootstrap_interval` (32 MB of int64)
+_BOOTSTRAP_ELEMENTS = 1 << 22
 #: progress(stage message, fraction done in [0, 1])
 StageProgress = Callable[[str, float], None]
 #: make_encoder(spec, image_size or None) -> Encoder; the app passes a cached one
@@ -263,7 +265,10 @@ def bootstrap_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0,
     replacement ``resamples`` times, indices drawn as ``rng.integers(0, n, (resamples, n))``)."""
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    n = len(values)
+    chunk = max(1, _BOOTSTRAP_ELEMENTS // n)  # the same draws as one [resamples, n] array, without its 800 MB at 100k
+    means = np.concatenate([values[rng.integers(0, n, size=(min(chunk, resamples - start), n))].mean(axis=1)
+                            for start in range(0, resamples, chunk)])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
