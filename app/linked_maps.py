@@ -59,10 +59,11 @@ def _marker_colors(color_by: str, labels: np.ndarray, class_names: Sequence[str]
     return dict(color=overlap, colorscale="Viridis", cmin=0.0, cmax=1.0, colorbar=dict(title="overlap@k", thickness=10))
 
 
-def map_sample(overlap: np.ndarray, keep: Sequence[int] = (), budget: int = MAP_POINTS, seed: int = 0) -> np.ndarray:
-    """Sorted row ids to draw when there are more than ``budget`` points: every id in ``keep`` (the focus,
-    its neighbours, the selection), the ``DRIFTED_SHARE`` most drifted (lowest overlap@k), and a uniform
-    random sample (``seed``) for the rest. All ids when they fit."""
+def map_sample(overlap: np.ndarray, keep: Sequence[int] = (), budget: int | None = None, seed: int = 0) -> np.ndarray:
+    """Sorted row ids to draw when there are more than ``budget`` (default `MAP_POINTS`) points: every id in
+    ``keep`` (the focus, its neighbours, the selection), the ``DRIFTED_SHARE`` most drifted (lowest
+    overlap@k), and a uniform random sample (``seed``) for the rest. All ids when they fit."""
+    budget = MAP_POINTS if budget is None else budget
     n = len(overlap)
     if n <= budget:
         return np.arange(n)

@@ -7,7 +7,9 @@ restart of the app finds them again. Long steps report into Streamlit progress e
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -51,12 +53,35 @@ def features_key(config: DriftConfig, images: ImageSet, second: str) -> tuple:
     return (*specs, images.fingerprint, config.image_size, *stamps)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def get_report(_x_a: np.ndarray, _x_b: np.ndarray, key: tuple, labels: np.ndarray, class_names: list[str],
+#: drift reports kept in memory (each holds two [N, k] graphs and per-point scores: 20 MB at N=100k)
+REPORTS_IN_MEMORY = 8
+
+
+@st.cache_resource(show_spinner=False)
+def _reports() -> "OrderedDict[tuple, DriftReport]":
+    """The process's recent drift reports, newest last (shared by every session, like `get_encoder`)."""
+    return OrderedDict()
+
+
+def get_report(x_a: np.ndarray, x_b: np.ndarray, key: tuple, labels: np.ndarray, class_names: list[str],
                k: int, backend: str) -> DriftReport:
     """Drift report (also cached on disk by content); in memory, the feature arrays are identified by
-    ``key`` (their specs and data) instead of hashed on every rerun."""
-    return cached_drift(_x_a, _x_b, labels, class_names, k, backend=backend)
+    ``key`` (their specs and data) instead of hashed on every rerun. When it has to be computed, a progress
+    bar follows `compute_drift`'s stages: at 100k points its rank passes take minutes."""
+    memo = _reports()
+    wanted = (key, hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest(),
+              tuple(class_names), k, backend)
+    if wanted in memo:
+        memo.move_to_end(wanted)
+        return memo[wanted]
+    placeholder = st.empty()
+    report = cached_drift(x_a, x_b, labels, class_names, k, backend=backend,
+                          progress=lambda message, fraction: placeholder.progress(min(fraction, 1.0), text=message))
+    placeholder.empty()
+    memo[wanted] = report
+    while len(memo) > REPORTS_IN_MEMORY:
+        memo.popitem(last=False)
+    return report
 
 
 def ensure_default_encoder() -> None:

@@ -296,7 +296,8 @@ def calibrate(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutation
 
 
 def cached_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_names: list[str], k: int,
-                 backend: str = "auto", config: DriftConfig | None = None, root: Path | None = None) -> DriftReport:
+                 backend: str = "auto", config: DriftConfig | None = None, root: Path | None = None,
+                 progress: StageProgress | None = None) -> DriftReport:
     """`compute_drift`, served from the disk cache when the same features, labels, k and backend were
     compared before (keyed by their content; a page served this way needs no kNN search, nor torch)."""
     digest = hashlib.blake2b(digest_size=16)
@@ -309,7 +310,7 @@ def cached_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_nam
     path = (root or cache_dir()) / "reports" / f"{digest.hexdigest()}.npz"
     if path.exists():
         return _read_report(path, labels, class_names, config)
-    report = compute_drift(x_a, x_b, labels, class_names, k, backend=backend, config=config)
+    report = compute_drift(x_a, x_b, labels, class_names, k, backend=backend, config=config, progress=progress)
     atomic_write_bytes(path, lambda handle: _write_report(report, handle))
     return report
 
@@ -492,10 +493,8 @@ def run_drift_features(config: DriftConfig, progress: StageProgress | None = Non
     say(f"Loading {config.data}", 0.0)
     images = load_drift_images(config)
     x_a, x_b = drift_features(config, images, lambda message, fraction: say(message, 0.05 + 0.85 * fraction))
-    say("Building kNN graphs and metrics", 0.9)
     report = compute_drift(x_a, x_b, images.labels, images.class_names, config.k, backend=config.knn_backend,
-                           config=config)
-    say("Done", 1.0)
+                           config=config, progress=lambda message, fraction: say(message, 0.9 + 0.1 * fraction))
     return images, x_a, x_b, report
 
 

@@ -94,3 +94,38 @@ def test_bad_embedding_files_are_refused_with_a_sentence(files, state, message):
     assert not at.exception
     assert message.format(f=files) in texts(at.error) + texts(at.info)
     assert not at.metric
+
+
+def test_a_large_set_is_announced_sampled_and_paged(files, monkeypatch):
+    """Past the exact-search limit the approximate graphs are announced with their recall; past the map
+    budget the maps draw a stated sample until 'Draw every point' is ticked; the table pages over all."""
+    import json
+
+    import proxyfda.knn as knn
+
+    n = 700
+    rng = np.random.default_rng(3)
+    a = (rng.normal(size=(10, 16))[rng.integers(0, 10, n)] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32)
+    np.save(files / "big_a.npy", a)
+    np.save(files / "big_b.npy", a + 0.4 * rng.normal(size=a.shape).astype(np.float32))
+    monkeypatch.setattr(knn, "EXACT_MAX_N", 300)
+    monkeypatch.setattr("proxyfda.drift.EXACT_MAX_N", 300)
+    monkeypatch.setattr("app.linked_maps.MAP_POINTS", 250)
+    coords = rng.normal(size=(n, 2)).astype(np.float32)
+    monkeypatch.setattr("proxyfda.projection.cached_pair", lambda *args, **kwargs: (coords, coords))
+    at = page(**{VEC_A: str(files / "big_a.npy"), VEC_B: str(files / "big_b.npy"), "drift.cfg.k": 8})
+    assert not at.exception and not at.error
+    assert "approximate (faiss-hnsw) because N = 700 > 300" in texts(at.info)
+    assert "The maps draw 250 of 700 points" in texts(at.caption)
+
+    def drawn() -> list[int]:
+        charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+        return [len(chart["data"][0]["customdata"]) for chart in charts if chart["data"][0].get("name") == "points"]
+
+    assert drawn() == [250, 250]
+    assert at.number_input(key="drift.page").label == "Page (of 14)"
+    at.number_input(key="drift.page").set_value(14).run()
+    assert "Points 651–700 of 700" in texts(at.caption)
+    at.checkbox(key="drift.all_points").check().run()
+    assert not at.exception and drawn() == [700, 700]
+    assert "The maps draw" not in texts(at.caption)
