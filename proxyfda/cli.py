@@ -217,6 +217,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
     print(json.dumps(report.metrics, indent=2))
     for note in report.metrics.get("omitted", {}).values():
         print(f"not computed: {note}")
+    if "knn_note" in report.metrics:  # an approximate graph is announced with its recall, never silently
+        print(f"note: {report.metrics['knn_note']}")
     print(f"wrote {out / 'metrics.json'} and {out / 'points.parquet'}")
     if config.compare:
         both.c.save(out / "compare")

@@ -239,7 +239,8 @@ def _scores_section(report: DriftReport, calibration: pd.DataFrame) -> str:
         rows.append(f"<tr><th scope=\"row\">{_e(score_label(key, report.k))}</th><td class=\"num\">{cell}</td>"
                     f"<td class=\"num\">{_e(null)}</td><td class=\"num\">{_e(interval)}</td>"
                     f"<td class=\"what\">{_e(what)}</td></tr>")
-    notes = "".join(f"<li>{_e(reason)}</li>" for reason in omitted.values())
+    notes = "".join(f"<li>{_e(reason)}</li>" for reason in
+                    [*omitted.values(), *([report.metrics["knn_note"]] if "knn_note" in report.metrics else [])])
     body = (f"<table class=\"scores\">\n<thead><tr><th>score</th><th class=\"num\">value</th>"
             f"<th class=\"num\">null (mean ± sd)</th><th class=\"num\">95 % interval</th><th>what it measures</th>"
             f"</tr></thead>\n<tbody>{''.join(rows)}</tbody>\n</table>\n"

@@ -192,3 +192,28 @@ def test_most_drifted_pages_through_every_point_in_one_order():
     expected = frame.sort_values(["overlap_at_k", "l2_drift", "id"], ascending=[True, False, True])["id"].to_numpy()
     np.testing.assert_array_equal(ids, expected)
     assert knn_graph(x_a, 8).indices.shape == (600, 8)
+
+
+def test_drift_command_and_html_scores_announce_an_approximate_graph(tmp_path, capsys):
+    """`proxyfda drift` on two embedding files prints the note and keeps the recall in metrics.json; the HTML
+    report's scores section carries the same note."""
+    import json
+
+    from proxyfda.cli import main
+    from proxyfda.drift import calibrate
+    from proxyfda.report_html import _scores_section
+
+    x_a, labels = _clusters(400, 16, seed=18)
+    x_b = x_a + 0.4 * np.random.default_rng(19).normal(size=x_a.shape).astype(np.float32)
+    np.save(tmp_path / "a.npy", x_a)
+    np.save(tmp_path / "b.npy", x_b)
+    out = tmp_path / "out"
+    assert main(["drift", "--features-a", str(tmp_path / "a.npy"), "--features-b", str(tmp_path / "b.npy"),
+                 "--knn-backend", "faiss-hnsw", "--k", "5", "--out", str(out)]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "note: The kNN graphs are approximate (faiss-hnsw) because it was chosen: recall@5" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["knn_backend"] == "faiss-hnsw" and 0.8 < metrics["knn_recall_b"] <= 1.0
+    report = compute_drift(x_a, x_b, labels, [str(c) for c in range(20)], 5, backend="faiss-hnsw")
+    html = _scores_section(report, calibrate(report, x_a, x_b, permutations=2, resamples=20))
+    assert "The kNN graphs are approximate (faiss-hnsw)" in html
