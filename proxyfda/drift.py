@@ -396,9 +396,15 @@ def drift_features(config: DriftConfig, images: ImageSet, progress: StageProgres
     """The pre-trained and fine-tuned features of ``images``, as ``config`` names the encoders."""
     say = progress or (lambda message, fraction: None)
     feats = []
+    from .encoders import vectors_source
+
     for i, (role, spec) in enumerate((("pre-trained", config.pretrained), ("fine-tuned", config.finetuned))):
-        def report(done: int, total: int, i: int = i, role: str = role) -> None:
-            say(f"Embedding {total} images with the {role} encoder: {done}/{total}", (i + done / total) / 2)
+        source = vectors_source(spec)
+
+        def report(done: int, total: int, i: int = i, role: str = role, source: str | None = source) -> None:
+            what = (f"Reading the {role} embeddings from {source}" if source
+                    else f"Embedding {total} images with the {role} encoder")
+            say(f"{what}: {done}/{total}", (i + done / total) / 2)
 
         feats.append(encoder_features(spec, images, config.image_size, report, make_encoder))
     return feats[0], feats[1]
