@@ -28,7 +28,7 @@ from .data import ImageSet, load_images
 from .errors import ProxyFDAError
 from .knn import APPROXIMATE, EXACT_MAX_N, RECALL_SAMPLE, KnnGraph, measured_recall, resolve_backend, search
 from .paths import atomic_write_bytes, cache_dir
-from .validation import check_features, check_k, check_same_n, unit_rows
+from .validation import check_features, check_k, check_same_n, nonzero_norms, unit_rows
 
 if TYPE_CHECKING:
     from .backbones import Encoder
@@ -145,24 +145,45 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         raise ProxyFDAError(f"there are {len(labels)} labels for {n} feature rows: give one label per image")
     k = check_k(k, n)
     backend = resolve_backend(backend, n)
+    norms_a, norms_b = nonzero_norms(a, "x_a", fix), nonzero_norms(b, "x_b", fix)  # refused before any search
     work = M.rank_dtype(n, max(a.shape[1], b.shape[1]))  # float64 while small: bit-for-bit sklearn's ranks
-    unit_a, unit_b = (unit_rows(x, name, fix).astype(work, copy=False) for x, name in ((a, "x_a"), (b, "x_b")))
+
+    def unit(x: np.ndarray, name: str, norms: np.ndarray) -> np.ndarray:
+        """One space's unit rows. Only one space's are held at a time (512 MB at 100k × 1280): space A's are
+        made twice, which costs a second, rather than both kept through the rank passes."""
+        return np.ascontiguousarray(unit_rows(x, name, fix, norms), dtype=work)
+
     omitted = omitted_scores(n, k, a.shape[1], b.shape[1])
+    ranks = "trustworthiness" not in omitted
     metrics: dict[str, float | int | str | dict[str, str]] = {"n": n, "k": k, "knn_backend": backend}
-    graphs = []
-    for name, unit in (("pre-trained", unit_a), ("fine-tuned", unit_b)):
-        say(f"kNN graph of the {name} space ({n:,} points, {backend})", 0.05 + 0.15 * len(graphs))
-        graphs.append(search(np.ascontiguousarray(unit, dtype=np.float32), k, "ip", backend))
-    graph_a, graph_b = graphs
-    if backend in APPROXIMATE:
-        say(f"Measuring the approximate graphs' recall@{k} on {min(n, RECALL_SAMPLE):,} points", 0.35)
-        metrics.update(_recall_scores(unit_a, unit_b, graph_a, graph_b, k, backend))
-    say("Per-point drift", 0.4)
+    recall = []
+
+    def search_space(unit_x: np.ndarray, name: str, at: float) -> KnnGraph:
+        say(f"kNN graph of the {name} space ({n:,} points, {backend})", at)
+        graph = search(np.ascontiguousarray(unit_x, dtype=np.float32), k, "ip", backend)
+        if backend in APPROXIMATE:
+            say(f"Measuring the approximate {name} graph's recall@{k} on {min(n, RECALL_SAMPLE):,} points", at + 0.08)
+            recall.append(measured_recall(np.ascontiguousarray(unit_x, dtype=np.float32), graph, "ip"))
+        return graph
+
+    def ranking(what: str, start: float) -> Callable[[int], None]:
+        return lambda done: say(f"{what}: ranked {done:,} of {n:,} rows", start + 0.35 * done / n)
+
+    unit_x = unit(a, "x_a", norms_a)
+    graph_a = search_space(unit_x, "pre-trained", 0.02)
+    unit_x = unit(b, "x_b", norms_b)
+    graph_b = search_space(unit_x, "fine-tuned", 0.12)
+    if ranks:  # continuity: the pre-trained neighbourhoods, ranked in the fine-tuned space
+        metrics["continuity"] = M.rank_score(unit_x, graph_a.indices, ranking("Continuity", 0.22))
+    del unit_x
+    if recall:
+        metrics.update(_recall_note(recall, n, k, backend))
+    say("Per-point drift", 0.58)
     overlap = M.knn_overlap(graph_a.indices, graph_b.indices)
     jaccard = M.jaccard(graph_a.indices, graph_b.indices)
     order = M.order_agreement(graph_a.indices, graph_b.indices)
     l2 = np.full(n, np.nan) if "mean_l2_drift" in omitted else M.unit_distances(a, b)
-    say("Global geometry: linear CKA, Procrustes, CKNNA", 0.45)
+    say("Global geometry: linear CKA, Procrustes, CKNNA", 0.6)
     geometry = M.Geometry(a, b)
     metrics.update({
         "overlap_at_k_mean": float(overlap.mean()),
@@ -176,12 +197,9 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         metrics["mean_l2_drift"] = float(l2.mean())
     if "cknna" not in omitted:
         metrics["cknna"] = M.cknna(None, None, k, graphs=(graph_a, graph_b))
-    if "trustworthiness" not in omitted:
-        def ranked(done: int, total: int) -> None:
-            say(f"Trustworthiness and continuity: ranked {done:,} of {total:,} rows", 0.5 + 0.5 * done / total)
-
-        metrics["trustworthiness"], metrics["continuity"] = M.rank_preservation(
-            unit_a, unit_b, graph_a.indices, graph_b.indices, progress=ranked)
+    if ranks:  # trustworthiness: the fine-tuned neighbourhoods, ranked in the pre-trained space
+        metrics["trustworthiness"] = M.rank_score(unit(a, "x_a", norms_a), graph_b.indices,
+                                                  ranking("Trustworthiness", 0.65))
     if omitted:
         metrics["omitted"] = omitted
     class_table = M.class_drift(graph_a.indices, graph_b.indices, labels, class_names)
@@ -191,12 +209,8 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
                        config=config)
 
 
-def _recall_scores(unit_a: np.ndarray, unit_b: np.ndarray, graph_a: KnnGraph, graph_b: KnnGraph, k: int,
-                   backend: str) -> dict[str, float | str]:
+def _recall_note(recall: list[float], n: int, k: int, backend: str) -> dict[str, float | str]:
     """recall@k of both approximate graphs, and the sentence that announces them."""
-    recall = [measured_recall(np.ascontiguousarray(u, dtype=np.float32), g, "ip")
-              for u, g in ((unit_a, graph_a), (unit_b, graph_b))]
-    n = len(unit_a)
     why = (f"N = {n:,} > {EXACT_MAX_N:,}, where exact search stops being practical"
            if n > EXACT_MAX_N else "it was chosen")
     note = (f"The kNN graphs are approximate ({backend}) because {why}: recall@{k} against exact search "

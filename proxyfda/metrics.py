@@ -116,17 +116,25 @@ def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray,
                       progress: Callable[[int, int], None] | None = None) -> tuple[float, float]:
     """(trustworthiness, continuity) of space B w.r.t. space A with the cosine metric, for callers
     that have checked everything once already: unit rows of both spaces and their self-free kNN
-    graphs [N, k] with k < N/2 (as `proxyfda.drift.compute_drift` has). Equal to
-    ``trustworthiness(a, b, k, "cosine", neighbours=idx_b)`` and ``continuity(a, b, k, "cosine",
-    neighbours=idx_a)``; ranked in `rank_dtype` (float32 for large spaces). ``progress(rows done, 2N)``
-    hears after each block: at N=100k both passes take minutes."""
+    graphs [N, k] with k < N/2. Equal to ``trustworthiness(a, b, k, "cosine", neighbours=idx_b)`` and
+    ``continuity(a, b, k, "cosine", neighbours=idx_a)``; `rank_score` twice. ``progress(rows done, 2N)``
+    hears after each block."""
     n = len(unit_a)
-    dtype = rank_dtype(n, max(unit_a.shape[1], unit_b.shape[1]))
-    block_size = _rank_block_size(n, dtype)
-    done = (lambda rows: progress(rows, 2 * n)) if progress else None
-    trust = _intrusion_score(unit_a.astype(dtype, copy=False), idx_b, "cosine", block_size, done)
-    later = (lambda rows: progress(n + rows, 2 * n)) if progress else None
-    return trust, _intrusion_score(unit_b.astype(dtype, copy=False), idx_a, "cosine", block_size, later)
+    trust = rank_score(unit_a, idx_b, (lambda rows: progress(rows, 2 * n)) if progress else None)
+    return trust, rank_score(unit_b, idx_a, (lambda rows: progress(n + rows, 2 * n)) if progress else None)
+
+
+def rank_score(unit_ranked: np.ndarray, neighbours: np.ndarray,
+               progress: Callable[[int], None] | None = None) -> float:
+    """sklearn's T(k) with the cosine metric for checked inputs: the neighbourhoods ``neighbours`` (a self-free
+    kNN graph [N, k] of the other space, k < N/2) ranked in the space whose unit rows are ``unit_ranked``.
+    Trustworthiness of B w.r.t. A is ``rank_score(unit_a, idx_b)``, continuity ``rank_score(unit_b, idx_a)``.
+    Ranked in `rank_dtype` (float32 for large spaces) one block of rows at a time; ``progress(rows done)``
+    hears after each block: at N=100k one call takes minutes."""
+    n, d = unit_ranked.shape
+    dtype = rank_dtype(n, d)
+    return _intrusion_score(unit_ranked.astype(dtype, copy=False), neighbours, "cosine", _rank_block_size(n, dtype),
+                            progress)
 
 
 def rank_dtype(n: int, d: int) -> type:

@@ -78,19 +78,26 @@ def rescaled(x: np.ndarray) -> np.ndarray:
     return np.ldexp(x, -np.frexp(peak)[1])
 
 
-def unit_rows(x: np.ndarray, name: str, fix: str) -> np.ndarray:
+def unit_rows(x: np.ndarray, name: str, fix: str, norms: np.ndarray | None = None) -> np.ndarray:
     """Rows of `x` scaled to unit L2 norm (same dtype); an all-zero row has no direction and is refused
-    with a message naming the rows and `fix`, what the user can do instead."""
-    norms = row_norms(x)
-    zero = ~(norms > 0)
-    if zero.any():
-        raise ProxyFDAError(f"{name} has {int(zero.sum())} all-zero row(s) {_rows(zero)}, which have no "
-                            f"direction to normalise: {fix}")
+    with a message naming the rows and `fix`, what the user can do instead. ``norms``: the rows' norms
+    from `nonzero_norms`, when the caller checked them already."""
+    norms = nonzero_norms(x, name, fix) if norms is None else norms
     out = np.empty(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
     for start in range(0, len(x), _ROW_BLOCK):  # divided in float64, one block of rows at a time
         rows = slice(start, start + _ROW_BLOCK)
         out[rows] = x[rows] / norms[rows, None]
     return out
+
+
+def nonzero_norms(x: np.ndarray, name: str, fix: str) -> np.ndarray:
+    """`row_norms` of `x`, refusing all-zero rows (no direction to normalise) with their row numbers and `fix`."""
+    norms = row_norms(x)
+    zero = ~(norms > 0)
+    if zero.any():
+        raise ProxyFDAError(f"{name} has {int(zero.sum())} all-zero row(s) {_rows(zero)}, which have no "
+                            f"direction to normalise: {fix}")
+    return norms
 
 
 def check_same_n(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:

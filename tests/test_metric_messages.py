@@ -200,7 +200,7 @@ def eight_images(monkeypatch):
         rng = np.random.default_rng(6)
         return rng.normal(size=(8, 5)), rng.normal(size=(8, 5))
 
-    monkeypatch.setattr(proxyfda.drift, "load_images", lambda spec, n=None, seed=0: images)
+    monkeypatch.setattr(proxyfda.drift, "load_images", lambda spec, n=None, seed=0, labels="": images)
     monkeypatch.setattr(proxyfda.drift, "drift_features", drift_features)
     return calls
 
