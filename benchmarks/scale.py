@@ -18,6 +18,7 @@ embedding 100k real images takes hours on two cores; the costs depend on N, d an
 
     python benchmarks/scale.py                       # N = 10k, 30k, 100k at d = 1280, k = 10
     python benchmarks/scale.py --sizes 3000 --d 256  # a quick look
+    python benchmarks/scale.py --sizes 100000 --stages drift   # one stage
 """
 
 from __future__ import annotations
@@ -104,7 +105,20 @@ def _line(row: dict) -> str:
 
 def run_size(n: int, args: argparse.Namespace, rows: list[dict]) -> None:
     a, b, labels = clustered_pair(n, args.d, args.classes)
-    class_names = [f"class {c}" for c in range(args.classes)]
+    if "knn" in args.stages:
+        knn_stages(a, n, args, rows)
+    if "drift" in args.stages:
+        drift_stages(a, b, labels, n, args, rows)
+    if "maps" in args.stages and n <= args.maps_max:
+        from proxyfda.projection import project_pair, warm_up
+
+        warm_up()
+        with measured(rows, n, "maps: UMAP init, both spaces"):
+            project_pair(a, b, use_cache=False)
+
+
+def knn_stages(a: np.ndarray, n: int, args: argparse.Namespace, rows: list[dict]) -> None:
+    """One space's kNN graph per backend, against the GEMM floor; HNSW's recall against the exact graph."""
     unit = unit_rows(a, "a", "")
     floor = gemm_floor(unit)
     print(f"N={n:,} d={args.d} k={args.k}: GEMM floor (blocked N×N product) {floor:.1f} s", flush=True)
@@ -119,8 +133,12 @@ def run_size(n: int, args: argparse.Namespace, rows: list[dict]) -> None:
         approx = search(unit, args.k, "ip", "faiss-hnsw")
     row["recall_at_k"] = measured_recall(unit, approx, "ip")
     row["recall_vs_full_exact"] = float((exact.indices[:, :, None] == approx.indices[:, None, :]).any(2).mean())
-    del unit, exact, approx
 
+
+def drift_stages(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n: int, args: argparse.Namespace,
+                 rows: list[dict]) -> None:
+    """`compute_drift` with the "auto" backend, and each of its stages as its progress names them."""
+    class_names = [f"class {c}" for c in range(args.classes)]
     stages: list[tuple[str, float, int]] = []
 
     def heard(message: str, fraction: float) -> None:
@@ -139,13 +157,6 @@ def run_size(n: int, args: argparse.Namespace, rows: list[dict]) -> None:
         if name != "Done":
             print(f"N={n:>7,}    └ {name:<40} {stop - start:8.1f} s  peak {peak / 1e9:5.2f} GB", flush=True)
             rows.append({"N": n, "stage": f"  {name}", "seconds": stop - start, "peak_GB": peak / 1e9})
-    del report
-    if n <= args.maps_max:
-        from proxyfda.projection import project_pair, warm_up
-
-        warm_up()
-        with measured(rows, n, "maps: UMAP init, both spaces"):
-            project_pair(a, b, use_cache=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--flat-max", type=int, default=30_000, help="largest N timed with exact FAISS flat search")
     parser.add_argument("--maps-max", type=int, default=100_000, help="largest N whose UMAP maps are timed")
+    parser.add_argument("--stages", nargs="+", choices=["knn", "drift", "maps"], default=["knn", "drift", "maps"])
     args = parser.parse_args(argv)
     rows: list[dict] = []
     for n in args.sizes:
