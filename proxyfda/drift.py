@@ -26,7 +26,7 @@ from . import metrics as M
 from .config import DriftConfig
 from .data import ImageSet, load_images
 from .errors import ProxyFDAError
-from .knn import APPROXIMATE, EXACT_MAX_N, RECALL_SAMPLE, KnnGraph, measured_recall, resolve_backend, search
+from .knn import APPROXIMATE, EXACT_MAX_N, RECALL_SAMPLE, KnnGraph, point_recalls, resolve_backend, search
 from .paths import atomic_write_bytes, cache_dir
 from .validation import check_features, check_k, check_same_n, nonzero_norms, unit_rows
 
@@ -163,7 +163,7 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
         graph = search(np.ascontiguousarray(unit_x, dtype=np.float32), k, "ip", backend)
         if backend in APPROXIMATE:
             say(f"Measuring the approximate {name} graph's recall@{k} on {min(n, RECALL_SAMPLE):,} points", at + 0.08)
-            recall.append(measured_recall(np.ascontiguousarray(unit_x, dtype=np.float32), graph, "ip"))
+            recall.append(point_recalls(np.ascontiguousarray(unit_x, dtype=np.float32), graph, "ip"))
         return graph
 
     def ranking(what: str, start: float) -> Callable[[int], None]:
@@ -209,14 +209,18 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
                        config=config)
 
 
-def _recall_note(recall: list[float], n: int, k: int, backend: str) -> dict[str, float | str]:
-    """recall@k of both approximate graphs, and the sentence that announces them."""
+def _recall_note(recall: list[np.ndarray], n: int, k: int, backend: str) -> dict[str, float | str]:
+    """recall@k of both approximate graphs (from their sampled points' recalls), and the sentence that
+    announces them with a 95 % interval for each."""
     why = (f"N = {n:,} > {EXACT_MAX_N:,}, where exact search stops being practical"
            if n > EXACT_MAX_N else "it was chosen")
+    means = [float(r.mean()) for r in recall]
+    margins = [1.96 * float(r.std(ddof=1)) / np.sqrt(len(r)) if len(r) > 1 else 0.0 for r in recall]
     note = (f"The kNN graphs are approximate ({backend}) because {why}: recall@{k} against exact search "
-            f"is {recall[0]:.3f} (pre-trained) and {recall[1]:.3f} (fine-tuned), measured on "
-            f"{min(n, RECALL_SAMPLE):,} points. Choose the 'torch' backend for exact graphs.")
-    return {"knn_recall_a": recall[0], "knn_recall_b": recall[1], "knn_note": note}
+            f"is {means[0]:.3f} ± {margins[0]:.3f} (pre-trained) and {means[1]:.3f} ± {margins[1]:.3f} "
+            f"(fine-tuned), measured on {len(recall[0]):,} random points (95 % intervals). Choose the 'torch' "
+            "backend for exact graphs.")
+    return {"knn_recall_a": means[0], "knn_recall_b": means[1], "knn_note": note}
 
 
 def omitted_scores(n: int, k: int, width_a: int, width_b: int) -> dict[str, str]:

@@ -123,11 +123,18 @@ def measured_recall(feats: np.ndarray, graph: KnnGraph, metric: str, sample: int
     """recall@k of ``graph`` (from `search` on ``feats``): on ``sample`` points drawn with ``seed``, the
     share of their exact k nearest neighbours that the graph also lists. 1.0 for an exact backend up to
     ties. Costs ``sample`` × N × d: one exact block of queries (1.4 s at N=100k, d=512 on 2 cores)."""
+    return float(point_recalls(feats, graph, metric, sample, seed).mean())
+
+
+def point_recalls(feats: np.ndarray, graph: KnnGraph, metric: str, sample: int = RECALL_SAMPLE,
+                  seed: int = 0) -> np.ndarray:
+    """Per sampled point, the share of its exact k nearest neighbours ``graph`` lists (see `measured_recall`);
+    their spread gives the estimate's uncertainty (per-point recall varies: sd 0.24 on 25k clustered points)."""
     n, k = graph.indices.shape
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
     exact = _torch_knn(feats, k, metric, default_block_size(n), rows=rows).indices
     found = graph.indices[rows]
-    return float((exact[:, :, None] == found[:, None, :]).any(axis=2).mean())
+    return (exact[:, :, None] == found[:, None, :]).any(axis=2).mean(axis=1)
 
 
 def default_block_size(n: int) -> int:
