@@ -20,7 +20,7 @@ def _thumbs(images: ImageSet, ids: Sequence[int], captions: Sequence[str], show_
     if show_images and images.has_images:
         st.image([images.thumbnail(int(i)) for i in ids], caption=list(captions), width=THUMB_WIDTH)
     else:
-        st.write(", ".join(f"{int(i)} ({c})" for i, c in zip(ids, captions)))
+        st.write("; ".join(captions))  # each caption starts with the point's id
 
 
 def _picture(images: ImageSet, row: int) -> None:

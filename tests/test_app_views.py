@@ -134,7 +134,7 @@ def _panel_sets(at: AppTest) -> dict[str, set[int]]:
                 sections[current] = set()
                 sections[current + "_count"] = {int(header.group(2))}
             elif current is not None and element.type in ("markdown", "caption"):
-                sections[current] |= {int(i) for i in re.findall(r"(\d+) \(\d+ ·", text)}
+                sections[current] |= {int(i) for i in re.findall(r"(?:^|; )(\d+) ·", text)}
                 current = None
     return sections
 
