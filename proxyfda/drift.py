@@ -125,7 +125,7 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     rank scores below then run on the checked unit rows without checking again.
 
     Memory stays O(N·d): no N×N matrix (ranks and kNN go in row blocks, CKA and Procrustes through d×d
-    Gram matrices) and, beyond the inputs, one unit-row copy of each space, float32 for large spaces
+    Gram matrices) and, beyond the inputs, one space's unit rows at a time, float32 for large spaces
     (`proxyfda.metrics.rank_dtype`). An approximate kNN backend (`proxyfda.knn.APPROXIMATE`, which
     "auto" picks above `knn.EXACT_MAX_N` points) is announced in ``metrics["knn_note"]`` with the
     recall@k of each graph measured against exact search (``knn_recall_a``, ``knn_recall_b``).
@@ -169,13 +169,12 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     def ranking(what: str, start: float) -> Callable[[int], None]:
         return lambda done: say(f"{what}: ranked {done:,} of {n:,} rows", start + 0.35 * done / n)
 
-    unit_x = unit(a, "x_a", norms_a)
-    graph_a = search_space(unit_x, "pre-trained", 0.02)
-    unit_x = unit(b, "x_b", norms_b)
-    graph_b = search_space(unit_x, "fine-tuned", 0.12)
+    graph_a = search_space(unit(a, "x_a", norms_a), "pre-trained", 0.02)  # A's unit rows are freed on return
+    unit_b = unit(b, "x_b", norms_b)
+    graph_b = search_space(unit_b, "fine-tuned", 0.12)
     if ranks:  # continuity: the pre-trained neighbourhoods, ranked in the fine-tuned space
-        metrics["continuity"] = M.rank_score(unit_x, graph_a.indices, ranking("Continuity", 0.22))
-    del unit_x
+        metrics["continuity"] = M.rank_score(unit_b, graph_a.indices, ranking("Continuity", 0.22))
+    del unit_b
     if recall:
         metrics.update(_recall_note(recall, n, k, backend))
     say("Per-point drift", 0.58)
