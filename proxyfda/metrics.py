@@ -263,8 +263,18 @@ class Geometry:
         return float(np.linalg.norm(cross) ** 2 / (np.linalg.norm(self.gram_x) * np.linalg.norm(self.gram_y)))
 
     def procrustes_disparity(self) -> float:
-        nuclear = np.linalg.svd(self.cross, compute_uv=False).sum()
-        return float(max(0.0, 1.0 - nuclear ** 2 / (np.trace(self.gram_x) * np.trace(self.gram_y))))
+        return float(max(0.0, 1.0 - self._nuclear() ** 2 / (np.trace(self.gram_x) * np.trace(self.gram_y))))
+
+    def _nuclear(self) -> float:
+        """The nuclear norm of YᵀX. With fewer points than features (a 359-image probe set, 1280-d) it has rank
+        ≤ N, and with Xᵀ = Q_x R_x, Yᵀ = Q_y R_y it shares its singular values with the N×N product R_y R_xᵀ:
+        0.01 s instead of a 1280×1280 SVD's 0.36 s, paid by every snapshot of a run's timeline."""
+        n = len(self.x)
+        if n >= min(self.x.shape[1], self.y.shape[1]) or n > _GRAM_BLOCK_ROWS:
+            return float(np.linalg.svd(self.cross, compute_uv=False).sum())
+        r_x = np.linalg.qr(np.ldexp(self.x.astype(np.float64), -self._exp_x).T - self._mean_x[:, None], mode="r")
+        r_y = np.linalg.qr(np.ldexp(self.y.astype(np.float64), -self._exp_y).T - self._mean_y[:, None], mode="r")
+        return float(np.linalg.svd(r_y @ r_x.T, compute_uv=False).sum())
 
     def permuted_cka(self, permutation: np.ndarray) -> float:
         """CKA when row i of x is paired with row ``permutation[i]`` of y (the permutation null)."""

@@ -217,3 +217,15 @@ def test_drift_command_and_html_scores_announce_an_approximate_graph(tmp_path, c
     report = compute_drift(x_a, x_b, labels, [str(c) for c in range(20)], 5, backend="faiss-hnsw")
     html = _scores_section(report, calibrate(report, x_a, x_b, permutations=2, resamples=20))
     assert "The kNN graphs are approximate (faiss-hnsw)" in html
+
+
+def test_procrustes_with_fewer_points_than_features_equals_scipy():
+    """The N×N route of `Geometry._nuclear` (a run's probe snapshots: a few hundred points, 1280-d)."""
+    from scipy.spatial import procrustes
+
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(40, 90))
+    y = (x @ rng.normal(size=(90, 90)))[:, :85] + rng.normal(size=(40, 85))
+    expected = procrustes(x, np.hstack([y, np.zeros((40, 5))]))[2]
+    assert M.procrustes_disparity(x, y) == pytest.approx(expected, abs=1e-10)
+    assert M.procrustes_disparity(x.astype(np.float32), y.astype(np.float32)) == pytest.approx(expected, abs=1e-6)
