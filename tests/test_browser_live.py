@@ -10,7 +10,9 @@ from browser import MAPS_DRAWN, SCREENSHOTS, app_server, chromium_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-LINK = "live_finetune?method=naive&data=digits:train&eval_data=digits:test&image_size=32&steps=400&eval_every=4"
+# every 10 steps: enough evaluations to watch the curve grow within seconds, and a stopped run's timeline of a
+# few dozen snapshots (every 4 steps gave 50 and more, and the Over-time tab took minutes to compute them)
+LINK = "live_finetune?method=naive&data=digits:train&eval_data=digits:test&image_size=32&steps=400&eval_every=10"
 #: points on the accuracy curve (the live figure's eval trace)
 EVAL_POINTS = ("(() => { const g = document.querySelector('.stPlotlyChart .js-plotly-plot');"
                " if (!g || !g._fullData) return 0; const t = g._fullData.find(d => d.name === 'accuracy');"
