@@ -55,6 +55,7 @@ def features_key(config: DriftConfig, images: ImageSet, second: str) -> tuple:
 
 #: drift reports kept in memory (each holds two [N, k] graphs and per-point scores: 20 MB at N=100k)
 REPORTS_IN_MEMORY = 8
+_reports_lock = threading.Lock()
 
 
 @st.cache_resource(show_spinner=False)
@@ -71,16 +72,18 @@ def get_report(x_a: np.ndarray, x_b: np.ndarray, key: tuple, labels: np.ndarray,
     memo = _reports()
     wanted = (key, hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest(),
               tuple(class_names), k, backend)
-    if wanted in memo:
-        memo.move_to_end(wanted)
-        return memo[wanted]
+    with _reports_lock:  # sessions run on their own threads
+        if wanted in memo:
+            memo.move_to_end(wanted)
+            return memo[wanted]
     placeholder = st.empty()
     report = cached_drift(x_a, x_b, labels, class_names, k, backend=backend,
                           progress=lambda message, fraction: placeholder.progress(min(fraction, 1.0), text=message))
     placeholder.empty()
-    memo[wanted] = report
-    while len(memo) > REPORTS_IN_MEMORY:
-        memo.popitem(last=False)
+    with _reports_lock:
+        memo[wanted] = report
+        while len(memo) > REPORTS_IN_MEMORY:
+            memo.popitem(last=False)
     return report
 
 
