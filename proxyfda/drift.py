@@ -28,7 +28,7 @@ from .data import ImageSet, load_images
 from .errors import ProxyFDAError
 from .knn import APPROXIMATE, EXACT_MAX_N, RECALL_SAMPLE, KnnGraph, point_recalls, resolve_backend, search
 from .paths import atomic_write_bytes, cache_dir
-from .validation import check_features, check_k, check_same_n, nonzero_norms, unit_rows
+from .validation import check_k, nonzero_norms, unit_rows
 
 if TYPE_CHECKING:
     from .backbones import Encoder
@@ -137,9 +137,7 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
     """
     say = progress or (lambda message, fraction: None)
     fix = "drop the images whose features are all zero"
-    a, b = (check_features(x, name, np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
-            for x, name in ((x_a, "x_a"), (x_b, "x_b")))
-    check_same_n(a, b, "x_a", "x_b")
+    a, b = M.paired(x_a, x_b, "x_a", "x_b")  # float32 features stay float32: no copy of either space
     n = len(a)
     if len(labels) != n:
         raise ProxyFDAError(f"there are {len(labels)} labels for {n} feature rows: give one label per image")
