@@ -158,10 +158,11 @@ def compute_drift(x_a: np.ndarray, x_b: np.ndarray, labels: np.ndarray, class_na
 
     def search_space(unit_x: np.ndarray, name: str, at: float) -> KnnGraph:
         say(f"kNN graph of the {name} space ({n:,} points, {backend})", at)
-        graph = search(np.ascontiguousarray(unit_x, dtype=np.float32), k, "ip", backend)
+        feats = np.ascontiguousarray(unit_x, dtype=np.float32)  # a copy only while the work is float64 (small N)
+        graph = search(feats, k, "ip", backend)
         if backend in APPROXIMATE:
             say(f"Measuring the approximate {name} graph's recall@{k} on {min(n, RECALL_SAMPLE):,} points", at + 0.08)
-            recall.append(point_recalls(np.ascontiguousarray(unit_x, dtype=np.float32), graph, "ip"))
+            recall.append(point_recalls(feats, graph, "ip"))
         return graph
 
     def ranking(what: str, start: float) -> Callable[[int], None]:

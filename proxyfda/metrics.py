@@ -112,16 +112,13 @@ def _trustworthiness(x_ranked: Any, x_searched: Any, k: int, metric: str, block_
     return _intrusion_score(ranked.astype(dtype, copy=False), _check_neighbours(neighbours, n, k), metric, block_size)
 
 
-def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[float, float]:
+def rank_preservation(unit_a: np.ndarray, unit_b: np.ndarray, idx_a: np.ndarray,
+                      idx_b: np.ndarray) -> tuple[float, float]:
     """(trustworthiness, continuity) of space B w.r.t. space A with the cosine metric, for callers
     that have checked everything once already: unit rows of both spaces and their self-free kNN
     graphs [N, k] with k < N/2. Equal to ``trustworthiness(a, b, k, "cosine", neighbours=idx_b)`` and
-    ``continuity(a, b, k, "cosine", neighbours=idx_a)``; `rank_score` twice. ``progress(rows done, 2N)``
-    hears after each block."""
-    n = len(unit_a)
-    trust = rank_score(unit_a, idx_b, (lambda rows: progress(rows, 2 * n)) if progress else None)
-    return trust, rank_score(unit_b, idx_a, (lambda rows: progress(n + rows, 2 * n)) if progress else None)
+    ``continuity(a, b, k, "cosine", neighbours=idx_a)``: `rank_score` twice."""
+    return rank_score(unit_a, idx_b), rank_score(unit_b, idx_a)
 
 
 def rank_score(unit_ranked: np.ndarray, neighbours: np.ndarray,
@@ -254,9 +251,15 @@ class Geometry:
         self._exp_x, self._exp_y = _peak_exponent(x), _peak_exponent(y)
         self._mean_x = self._column_mean(x, self._exp_x, names[0])
         self._mean_y = self._column_mean(y, self._exp_y, names[1])
-        self.gram_x = self._cross(x, self._exp_x, self._mean_x)
-        self.gram_y = self._cross(y, self._exp_y, self._mean_y)
-        self.cross = self.cross_gram()
+        self.gram_x, self.gram_y = np.zeros((x.shape[1], x.shape[1])), np.zeros((y.shape[1], y.shape[1]))
+        self.cross = np.zeros((y.shape[1], x.shape[1]))
+        for start in range(0, len(x), _GRAM_BLOCK_ROWS):  # one pass: each block centred once for all three
+            rows = slice(start, start + _GRAM_BLOCK_ROWS)
+            block_x = _centred_block(x[rows], self._exp_x, self._mean_x)
+            block_y = _centred_block(y[rows], self._exp_y, self._mean_y)
+            self.gram_x += block_x.T @ block_x
+            self.gram_y += block_y.T @ block_y
+            self.cross += block_y.T @ block_x
 
     def linear_cka(self, cross: np.ndarray | None = None) -> float:
         cross = self.cross if cross is None else cross
@@ -272,31 +275,21 @@ class Geometry:
         n = len(self.x)
         if n >= min(self.x.shape[1], self.y.shape[1]) or n > _GRAM_BLOCK_ROWS:
             return float(np.linalg.svd(self.cross, compute_uv=False).sum())
-        r_x = np.linalg.qr(np.ldexp(self.x.astype(np.float64), -self._exp_x).T - self._mean_x[:, None], mode="r")
-        r_y = np.linalg.qr(np.ldexp(self.y.astype(np.float64), -self._exp_y).T - self._mean_y[:, None], mode="r")
+        r_x = np.linalg.qr(_centred_block(self.x.astype(np.float64), self._exp_x, self._mean_x).T, mode="r")
+        r_y = np.linalg.qr(_centred_block(self.y.astype(np.float64), self._exp_y, self._mean_y).T, mode="r")
         return float(np.linalg.svd(r_y @ r_x.T, compute_uv=False).sum())
 
     def permuted_cka(self, permutation: np.ndarray) -> float:
         """CKA when row i of x is paired with row ``permutation[i]`` of y (the permutation null)."""
         return self.linear_cka(self.cross_gram(permutation))
 
-    def cross_gram(self, permutation: np.ndarray | None = None) -> np.ndarray:
-        """Yᵀ X of the centred, rescaled spaces [d_y, d_x], y's rows taken in ``permutation`` order if given."""
+    def cross_gram(self, permutation: np.ndarray) -> np.ndarray:
+        """Yᵀ X of the centred, rescaled spaces [d_y, d_x] with y's rows taken in ``permutation`` order."""
         out = np.zeros((self.y.shape[1], self.x.shape[1]))
         for start in range(0, len(self.x), _GRAM_BLOCK_ROWS):
             rows = slice(start, start + _GRAM_BLOCK_ROWS)
-            y_rows = self.y[rows] if permutation is None else self.y[permutation[rows]]
-            product = _centred_block(y_rows, self._exp_y, self._mean_y).T @ _centred_block(self.x[rows], self._exp_x,
-                                                                                             self._mean_x)
-            out += product
-        return out
-
-    @staticmethod
-    def _cross(x: np.ndarray, exponent: int, mean: np.ndarray) -> np.ndarray:
-        out = np.zeros((x.shape[1], x.shape[1]))
-        for start in range(0, len(x), _GRAM_BLOCK_ROWS):
-            block = _centred_block(x[start:start + _GRAM_BLOCK_ROWS], exponent, mean)
-            out += block.T @ block
+            out += (_centred_block(self.y[permutation[rows]], self._exp_y, self._mean_y).T
+                    @ _centred_block(self.x[rows], self._exp_x, self._mean_x))
         return out
 
     @staticmethod
