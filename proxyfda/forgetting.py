@@ -63,14 +63,17 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, train_fraction: flo
 # distributional distance
 
 
-def _class_clouds(x: np.ndarray, labels: np.ndarray, max_per_class: int, rng) -> dict[int, np.ndarray]:
-    clouds = {}
+def _class_members(labels: np.ndarray, max_per_class: int, rng) -> dict[int, np.ndarray]:
+    """Each class's rows, at most ``max_per_class`` of them drawn at random."""
+    members = {}
     for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if len(members) > max_per_class:
-            members = rng.choice(members, max_per_class, replace=False)
-        clouds[int(c)] = x[members]
-    return clouds
+        rows = np.flatnonzero(labels == c)
+        members[int(c)] = rng.choice(rows, max_per_class, replace=False) if len(rows) > max_per_class else rows
+    return members
+
+
+def _draw(n: int, max_points: int, rng) -> np.ndarray:
+    return rng.choice(n, max_points, replace=False) if n > max_points else np.arange(n)
 
 
 def _w2_squared(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,6 +91,12 @@ def otdd(x_a: np.ndarray, labels_a: np.ndarray, x_b: np.ndarray, labels_b: np.nd
     the label term is the exact squared 2-Wasserstein distance between the two classes' point
     clouds (at most ``max_per_class`` points each). Returns the square root of the optimal
     transport cost. Features are L2-normalised first, so spaces of different scale compare.
+
+    Sets larger than ``max_points`` (and classes larger than ``max_per_class``) are subsampled at random,
+    by the same draw for two sets of the same length (and the same labels): the pre-trained and
+    fine-tuned features of the same images keep their pairs, so a set compared with itself is at
+    distance 0 rather than at the distance between two random halves of it (0.6 on 1,500 Fashion-MNIST
+    images, when the two draws were independent).
     """
     import ot
 
@@ -96,14 +105,13 @@ def otdd(x_a: np.ndarray, labels_a: np.ndarray, x_b: np.ndarray, labels_b: np.nd
     if len(labels_a) != len(x_a) or len(labels_b) != len(x_b):
         raise ProxyFDAError("otdd needs one label per feature row")
     rng = np.random.default_rng(seed)
-    if len(x_a) > max_points:
-        keep = rng.choice(len(x_a), max_points, replace=False)
-        x_a, labels_a = x_a[keep], labels_a[keep]
-    if len(x_b) > max_points:
-        keep = rng.choice(len(x_b), max_points, replace=False)
-        x_b, labels_b = x_b[keep], labels_b[keep]
-    clouds_a = _class_clouds(x_a, labels_a, max_per_class, rng)
-    clouds_b = _class_clouds(x_b, labels_b, max_per_class, rng)
+    keep_a = _draw(len(x_a), max_points, rng)
+    keep_b = keep_a if len(x_b) == len(x_a) else _draw(len(x_b), max_points, rng)
+    x_a, labels_a, x_b, labels_b = x_a[keep_a], labels_a[keep_a], x_b[keep_b], labels_b[keep_b]
+    members_a = _class_members(labels_a, max_per_class, rng)
+    members_b = members_a if np.array_equal(labels_a, labels_b) else _class_members(labels_b, max_per_class, rng)
+    clouds_a = {c: x_a[rows] for c, rows in members_a.items()}
+    clouds_b = {c: x_b[rows] for c, rows in members_b.items()}
     classes_a, classes_b = sorted(clouds_a), sorted(clouds_b)
     label_cost = np.array([[_w2_squared(clouds_a[i], clouds_b[j]) for j in classes_b] for i in classes_a])
     row = {c: i for i, c in enumerate(classes_a)}

@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny real fine-tuning run, and caches isolated per test session.
+"""Shared fixtures: a tiny real fine-tuning run, and every folder the library reads isolated per session.
 
-The session's cache lives in a temporary folder unless PROXYFDA_CACHE is set, so a test run never
-mixes with a user's cache; the browser test builds the real default there once.
+The session's cache, runs and data folders are new temporary folders, whatever the environment says, so
+no test sees what an earlier test session, a user or a mutation-testing worker left behind; the browser
+test builds the real default there once. Torch uses a fixed number of threads, so float reductions run
+in the same order on every machine with at least that many cores.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+#: the library's own folders and limits, read from the environment: a test session starts from none of them
+for name in ("PROXYFDA_CACHE", "PROXYFDA_RUNS", "PROXYFDA_DATA", "PROXYFDA_ALLOW", "PROXYFDA_MAX_IMAGES"):
+    os.environ.pop(name, None)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -23,10 +29,18 @@ TINY_FINETUNE = FinetuneConfig(data="digits:train", eval_data="digits:test", ima
                                batch_size=16, eval_every=2, eval_size=60, warmup_steps=1, lr=3e-3)
 
 
+#: torch's intra-op threads in tests (the machines that run the suite have two cores)
+TORCH_THREADS = 2
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory) -> Path:
-    root = Path(os.environ.get("PROXYFDA_CACHE") or tmp_path_factory.mktemp("proxyfda-cache"))
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    root = tmp_path_factory.mktemp("proxyfda-cache")
     os.environ["PROXYFDA_CACHE"] = str(root)
+    os.environ["PROXYFDA_DATA"] = str(tmp_path_factory.mktemp("proxyfda-data"))
     # the app reads only its allowed folders (app.guard): tests keep their runs and image folders in tmp_path
     os.environ["PROXYFDA_ALLOW"] = str(tmp_path_factory.getbasetemp())
     return root

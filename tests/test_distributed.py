@@ -27,6 +27,14 @@ CONFIGS = {method: FinetuneConfig(method=method, data="digits:train", eval_data=
                                   steps=3, batch_size=16, classes_per_batch=4, sampler="balanced", eval_every=3,
                                   eval_size=40, warmup_steps=1, lr=1e-3)
            for method in ("naive", "fda", "proxy-fda")}
+#: step 1 runs the same weights on the same global batch: the figures differ only by the order of float32
+#: sums (8-image shards and a mean of two means against one 16-image batch), about 1e-6 relative here
+FIRST_STEP_REL = 1e-5
+#: later steps compare two trajectories: AdamW's first update is ±lr per weight whatever |g|, so a gradient
+#: entry within rounding of zero moves one way in one process and the other way in the other, and the
+#: figures drift apart (1e-5 at step 3 on one machine, 1.6e-4 on another). Exact averaging of the gradients
+#: is checked on its own, to 1e-6 (`test_gathered_losses_give_the_single_process_gradient`)
+LATER_STEP_REL = 2e-3
 #: images embedded by both processes: an odd count, so the shards differ in size
 EXTRACT_SPEC, EXTRACT_N = "digits:test", 45
 
@@ -75,7 +83,8 @@ def test_two_processes_train_as_one_on_the_same_global_batch(launched, tmp_path,
     assert set(figures) <= set(two[0]) and ("reg_fda" in figures) == (method != "naive")
     for single, distributed in zip(one, two):
         for name in figures:
-            assert distributed[name] == pytest.approx(single[name], rel=1e-4, abs=1e-5), (method, single["step"], name)
+            rel = FIRST_STEP_REL if single["step"] == 1 else LATER_STEP_REL
+            assert distributed[name] == pytest.approx(single[name], rel=rel, abs=rel), (method, single["step"], name)
 
 
 def test_gathered_losses_give_the_single_process_gradient(launched):

@@ -51,6 +51,15 @@ def test_otdd_is_zero_for_identical_sets_and_label_aware():
     assert otdd(x, y, x, (y + 1) % 3) == pytest.approx(0.0, abs=1e-3)
 
 
+def test_otdd_draws_the_same_sample_from_both_sides_of_a_pair():
+    """Past max_points (and max_per_class) the two sets are subsampled; the features of the same images must
+    keep their pairs, or a set is at the distance between two random halves of itself (0.6 on real data)."""
+    x, y = blobs(n_per_class=400, d=16)
+    assert otdd(x, y, x, y, max_points=300) == pytest.approx(0.0, abs=1e-3)
+    assert otdd(x, y, x, y, max_points=2000, max_per_class=20) == pytest.approx(0.0, abs=1e-3)
+    assert otdd(x, y, x[::-1], y[::-1], max_points=300) > 0.1  # the same set, rows unpaired: a sampling distance
+
+
 def test_otdd_grows_with_a_shift():
     x, y = blobs(n_per_class=30)
     rng = np.random.default_rng(1)

@@ -99,7 +99,8 @@ def test_dense_maps_are_computed_once_per_image(rn_spec, splits):
         torch.testing.assert_close(base.backbone.attnpool(dense), base(_pixels(splits[1], base.image_size)))
 
 
-def test_dense_maps_disk_cache(rn_spec, splits):
+def test_dense_maps_disk_cache(rn_spec, splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))  # an empty cache, whatever ran before
     base = create_encoder(rn_spec)
     calls = []
     base.backbone.layer4.register_forward_hook(lambda module, args, out: calls.append(len(out)))
