@@ -355,6 +355,9 @@ def file_stamp(source: str) -> str:
     """Path, size and modification time of an embedding file: enough to tell a changed file apart within
     a session (the app keys its cached reports by it)."""
     path, column = split_source(source)
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ProxyFDAError(f"the file '{path}' cannot be read ({exc.strerror}): check the path") from None
     return f"{path.resolve()}|{column}|{stat.st_size}|{stat.st_mtime_ns}"
 

@@ -274,6 +274,46 @@ def test_calibration_separates_a_real_change_from_noise():
     assert bootstrap_interval(values, 400, seed=7) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
 
 
+def test_the_permutation_null_is_many_random_pairings_at_the_analytic_baseline():
+    """Under a uniformly random re-pairing, point i's relabelled fine-tuned neighbours are a uniform k-subset of
+    the other N−1 points, so its shared count is hypergeometric: mean k²/(N−1), variance
+    k·p·(1−p)·(N−1−k)/(N−2) with p = k/(N−1). The null's mean must sit at k/(N−1) within its own standard
+    error, and its spread across re-pairings must be that of a mean over N such points: a null whose draws
+    were one permutation repeated has no spread, one that never re-paired sits at the real score."""
+    from proxyfda.drift import calibrate
+
+    rng = np.random.default_rng(5)
+    n, k, permutations = 400, 5, 40
+    x_a = rng.normal(size=(n, 12))
+    x_b = x_a + 0.8 * rng.normal(size=(n, 12))
+    report = compute_drift(x_a, x_b, np.arange(n) % 4, list("abcd"), k, backend="torch")
+    row = calibrate(report, x_a, x_b, permutations=permutations, resamples=50, seed=2).set_index("score").loc[
+        "overlap_at_k_mean"]
+    p = k / (n - 1)
+    sd = np.sqrt(k * p * (1 - p) * (n - 1 - k) / (n - 2) / n) / k  # of one re-pairing's mean overlap
+    assert abs(row["null_mean"] - p) < 4 * sd / np.sqrt(permutations)
+    assert 0.6 * sd < row["null_sd"] < 1.8 * sd  # 0.9 to 1.4 sd over twelve seeds: points are not quite independent
+    assert row["value"] > row["null_mean"] + 10 * sd
+
+
+def test_each_calibrated_score_is_its_own_per_point_column():
+    """The value is the report's score and the interval the percentile bootstrap (by hand here) of that score's
+    own per-point values: overlap's interval from overlaps, Jaccard's from Jaccards, and so on."""
+    from proxyfda.drift import calibrate
+
+    report = compute_drift(X_A, X_B, LABELS, CLASS_NAMES, K, backend="torch")
+    table = calibrate(report, X_A, X_B, permutations=3, resamples=200, seed=4).set_index("score")
+    by_hand = {"overlap_at_k_mean": OVERLAP, "jaccard_mean": JACCARD, "mean_l2_drift": L2,
+               "order_agreement_mean": OVERLAP}  # two neighbours: every kept pair keeps its order here
+    draws = np.random.default_rng(4).integers(0, 9, size=(200, 9))
+    for name, values in by_hand.items():
+        assert table.loc[name, "value"] == pytest.approx(values.mean()), name
+        low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+        assert (table.loc[name, "ci_low"], table.loc[name, "ci_high"]) == pytest.approx((low, high)), name
+    for name in ("linear_cka", "cknna"):
+        assert table.loc[name, "value"] == report.metrics[name] and np.isnan(table.loc[name, "ci_low"])
+
+
 def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
     from proxyfda.drift import compute_drift, three_way
 

@@ -137,6 +137,23 @@ def test_a_link_sets_the_form(runs_dir):
     assert at.query_params["method"] == "l2sp" and at.query_params["steps"] == "30"
 
 
+def test_every_field_of_a_link_lands_in_its_own_widget(runs_dir):
+    from app.live_controls import LIVE_DEFAULTS
+
+    link = {"base_encoder": "efficientnet-lite0:/x/w.pth", "data": "digits:train", "eval_data": "textiles:all",
+            "method": "ldifs", "steps": 40, "eval_every": 5, "image_size": 48, "seed": 2}
+    assert set(link) == set(LIVE_DEFAULTS) and all(link[k] != LIVE_DEFAULTS[k] for k in link)
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.switch_page("../pages/live_finetune.py")
+    at.query_params.update({name: str(value) for name, value in link.items()})
+    at.run()
+    assert not at.exception and not at.warning
+    kinds = {"method": "selectbox", "steps": "number_input", "eval_every": "number_input",
+             "image_size": "number_input", "seed": "number_input"}
+    for name, value in link.items():
+        assert getattr(at, kinds.get(name, "text_input"))(key=f"live.cfg.{name}").value == value, name
+
+
 def test_a_runs_wise_ft_curve_and_its_measured_forgetting_on_the_page(runs_dir, tiny_run):
     import shutil
 

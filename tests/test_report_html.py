@@ -13,6 +13,7 @@ import html
 import io
 import json
 import re
+import shutil
 import shlex
 
 import numpy as np
@@ -95,6 +96,35 @@ def test_plotly_is_inlined_and_nothing_is_fetched_from_the_network(page):
 def test_every_user_string_is_escaped(page):
     assert "<script>alert" not in page
     assert html.escape(HOSTILE) in page  # class name and spec, shown as text
+
+
+def marked(slot: str) -> str:
+    """A string that is markup unless escaped, naming where it was put."""
+    return f"<b id={slot}>"
+
+
+def test_every_place_a_user_string_reaches_is_escaped(analysis, tiny_run, tmp_path):
+    """Each slot a user fills (every spec, the data, the labels file, class names, and the fields of a run's
+    config that the page quotes) holds its own piece of markup: none may reach the page as markup, and
+    each must be shown, escaped, where it belongs."""
+    report, images, maps, calibration, _ = analysis
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    values = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**values, "data": marked("run-data"),
+                                                 "base_encoder": marked("run-base")}))
+    config = DriftConfig(pretrained=marked("pretrained"), finetuned=f"run:{run}", data=marked("data"),
+                         compare=marked("compare"), labels=marked("labels"), n=60, k=5, image_size=32)
+    names = list(images.class_names)
+    names[5] = marked("class")
+    images = dataclasses.replace(images, class_names=names)
+    report = dataclasses.replace(report, class_names=names, class_table=report.class_table.assign(
+        **{"class": [marked("class") if c == images.class_names[5] else c for c in report.class_table["class"]]}),
+        metrics={**report.metrics, "knn_note": marked("note")})
+    page = report_html(report, images, maps, calibration, config)
+    assert re.findall(r"<b id=", page) == []
+    for slot in ("pretrained", "data", "compare", "labels", "class", "note", "run-data", "run-base"):
+        assert html.escape(marked(slot)) in page, slot
 
 
 def test_the_maps_carry_every_point_with_its_drift_in_the_hover(analysis, page):

@@ -63,6 +63,7 @@ def test_a_link_with_embedding_files_opens_the_files_form(files):
     assert not at.exception and not at.error
     assert at.session_state[SOURCE_KEY] == FILES_SOURCE
     assert at.text_input(key=VEC_A).value == str(files / "a.npy") and at.text_input(key=VEC_IMAGES).value == ""
+    assert at.text_input(key=VEC_B).value == str(files / "b.parquet")
     assert [m.label for m in at.metric][:1] == ["overlap@4"]
 
 
