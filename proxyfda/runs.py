@@ -27,7 +27,9 @@ Only one process writes a run directory at a time: `RunWriter` (and `Run.save_fo
 lock first, and a second writer fails at once naming the first one's pid. `RunWriter` refuses a
 folder that is not empty unless told to ``overwrite`` a run there; it then builds the new run in a
 hidden sibling folder (``.<name>.new-<random>``) and swaps it into place when it has finished, so
-the old run stays whole until then. A run in a new (or empty) folder is written in place, where it
+the old run stays whole until then. The swap is two renames (the old run aside to ``.<name>.old-…``, the
+new one to its name): a failing second rename puts the old run back, and a writer killed between the
+two leaves the old run aside, which the next reader (`Run.open`, `list_runs`, a new writer) puts back. A run in a new (or empty) folder is written in place, where it
 can be watched while it trains. Temporary files (``.*.tmp``, from atomic writes) found in a folder
 nobody holds the lock of are left by a killed writer: opening the run, to read or to write, removes
 them, and a new writer removes the hidden folders of an abandoned overwrite.
@@ -238,6 +240,7 @@ def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> Path:
     run (never other files: those are not the runs' to delete) that no process is writing.
     """
     path = check_writable(run_dir)  # where it is created or filled (the file system's own answer)
+    restore_replaced_run(path)
     if path.is_dir():
         check_writable(path.parent)  # where a replacement is built beside it
         pid = writer_pid(path, attempts=LOCK_ATTEMPTS)
@@ -284,10 +287,33 @@ def _sibling(path: Path, kind: str) -> Path:
 def _remove_abandoned_siblings(path: Path) -> None:
     """The hidden folders of overwrites of ``path`` whose writer died (its lock is held by the caller)."""
     for kind in ("new", "old"):
-        prefix = f".{path.name}.{kind}-"
-        for sibling in path.parent.iterdir():
-            if sibling.name.startswith(prefix) and sibling.is_dir() and writer_pid(sibling) is None:
-                shutil.rmtree(sibling, ignore_errors=True)
+        for sibling in _abandoned(path, kind):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _abandoned(path: Path, kind: str) -> list[Path]:
+    """The hidden ``kind`` folders (``new`` or ``old``) of overwrites of ``path`` that no process writes."""
+    prefix = f".{path.name}.{kind}-"
+    if not path.parent.is_dir():
+        return []
+    return sorted(sibling for sibling in path.parent.iterdir()
+                  if sibling.name.startswith(prefix) and sibling.is_dir() and writer_pid(sibling) is None)
+
+
+def restore_replaced_run(path: str | Path) -> bool:
+    """Put back a run whose replacement died between its two renames (the old run moved aside to
+    ``.<name>.old-…``, the new one not yet in its place): with nothing at ``path`` and such a folder that
+    no process writes, it is renamed back. Whether a run was restored."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return False
+    for old in _abandoned(path, "old"):
+        try:
+            os.rename(old, path)
+            return True
+        except OSError:  # another process restored it first
+            continue
+    return False
 
 
 class RunWriter:
@@ -397,7 +423,12 @@ class RunWriter:
         old = _sibling(self.target, "old")
         os.rename(self.target, old)
         self._locks[0].moved_to(old)
-        os.rename(self.path, self.target)
+        try:
+            os.rename(self.path, self.target)
+        except BaseException:  # the old run goes back to its name; `_abandon` then discards the new one
+            os.rename(old, self.target)
+            self._locks[0].moved_to(self.target)
+            raise
         self._locks[1].moved_to(self.target)
         self.path = self.target
         shutil.rmtree(old, ignore_errors=True)
@@ -460,6 +491,7 @@ class Run:
     def open(cls, run_dir: str | Path) -> "Run":
         """Read the run at ``run_dir``, or a clear error when it is not one."""
         path = Path(run_dir).expanduser()
+        restore_replaced_run(path)
         config_path = path / CONFIG
         if not config_path.exists():
             raise ProxyFDAError(f"'{path}' is not a proxyfda run directory (no {CONFIG}); "
@@ -635,10 +667,13 @@ def _read_config(path: Path, values: Any) -> FinetuneConfig:
 
 def list_runs(root: str | Path) -> list[Run]:
     """The runs directly under ``root`` (folders with a ``config.json``), sorted by name; hidden folders
-    (runs being built to replace another) are not listed."""
+    (runs being built to replace another) are not listed, and a run whose replacement died half-way
+    through its swap is put back first (`restore_replaced_run`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
+    for moved in root.glob(".*.old-*"):
+        restore_replaced_run(root / moved.name[1:].rpartition(".old-")[0])
     return [Run.open(path) for path in sorted(root.iterdir())
             if not path.name.startswith(".") and (path / CONFIG).is_file()]
 

@@ -21,7 +21,7 @@ from proxyfda.cli import main
 from proxyfda.config import FinetuneConfig
 from proxyfda.encoders import create_encoder
 from proxyfda.errors import ProxyFDAError
-from proxyfda.runs import LOCK, IncompleteRunWarning, Run, RunWriter, list_runs
+from proxyfda.runs import LOCK, IncompleteRunWarning, Run, RunWriter, check_run_dir, list_runs
 from proxyfda.training import finetune, finite_weights
 
 import test_forgetting
@@ -130,6 +130,86 @@ def test_a_replacement_that_fails_leaves_the_old_run_and_no_trace(tiny_run, tmp_
     with pytest.raises(KeyboardInterrupt):
         finetune(TINY_FINETUNE.replace(steps=2), run_dir, callback=fail, overwrite=True)
     assert files_of(run_dir) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+#: a process that replaces the run at argv[1] and is killed (SIGKILL, no clean-up at all) at the start of the
+#: argv[2]-th ``os.rename`` of the swap: 1 before anything moved, 2 with the old run moved aside
+KILLED_MID_SWAP = """
+import os, signal, sys
+from proxyfda.config import FinetuneConfig
+from proxyfda.runs import RunWriter
+writer = RunWriter(sys.argv[1], FinetuneConfig(seed=7), overwrite=True)
+writer.log({"kind": "train", "step": 1, "loss": 2.0})
+rename, calls = os.rename, []
+def dying_rename(source, target):
+    calls.append(source)
+    if len(calls) == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    rename(source, target)
+os.rename = dying_rename
+writer.finish("completed", 1, None)
+"""
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_swap_that_fails_at_either_rename_leaves_the_old_run_whole_at_its_name(tiny_run, tmp_path, monkeypatch,
+                                                                                  fail_at):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = files_of(run_dir)
+    writer = RunWriter(run_dir, TINY_FINETUNE.replace(seed=7), overwrite=True)
+    writer.log({"kind": "train", "step": 1, "loss": 2.0})
+    rename, calls = os.rename, []
+
+    def failing_rename(source, target):
+        calls.append(source)
+        if len(calls) == fail_at:
+            raise OSError(28, "No space left on device")
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        with writer:
+            writer.finish("completed", 1, None)
+    monkeypatch.undo()
+    assert files_of(run_dir) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert Run.open(run_dir).config.seed == TINY_FINETUNE.seed and not (run_dir / LOCK).exists()
+
+
+@pytest.mark.parametrize("killed_at", [1, 2])
+def test_a_writer_killed_inside_its_swap_loses_no_run(tiny_run, tmp_path, killed_at):
+    """Killed before the first rename, the old run never moved; killed between the two, it sits aside as
+    ``.run.old-…`` with nothing at its name, and the next reader (listing, opening or a new writer) puts it
+    back whole. Either way a later overwrite clears what the dead writer left."""
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    before = files_of(run_dir)
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, str(run_dir), str(killed_at)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert run_dir.exists() == (killed_at == 1)
+    assert [r.name for r in list_runs(tmp_path)] == ["run"]
+    assert files_of(run_dir) == {**before, **{name: data for name, data in files_of(run_dir).items()
+                                              if name == LOCK}}  # its lock file stays behind, unheld
+    assert Run.open(run_dir).status == "completed" and Run.open(run_dir).config.seed == TINY_FINETUNE.seed
+    finetune(TINY_FINETUNE.replace(steps=2, seed=1), run_dir, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and Run.open(run_dir).config.seed == 1
+
+
+def test_each_reader_puts_back_a_run_left_aside_by_a_dead_swap(tiny_run, tmp_path):
+    for reader in (lambda path: Run.open(path), lambda path: check_run_dir(path, overwrite=True)):
+        aside = copy_run(tiny_run, tmp_path / ".run.old-0a1b2c3d")
+        before = files_of(aside)
+        reader(tmp_path / "run")
+        assert not aside.exists() and files_of(tmp_path / "run") == before
+        shutil.rmtree(tmp_path / "run")
+
+
+def test_the_forgetting_measurement_waits_for_no_one(holder):
+    """Keeping a measurement writes into the run directory, so it takes the run's lock: with the run held by
+    another process it fails at once, and nothing is written."""
+    process, run_dir = holder
+    with pytest.raises(ProxyFDAError, match=f"pid {process.pid}"):
+        Run.open(run_dir).save_forgetting({"A_LP": 0.5})
+    assert not (run_dir / "forgetting.json").exists()
 
 
 # ---- one writer at a time; a killed writer leaves a run that says so --------------------------------------
