@@ -1,5 +1,5 @@
 # The two entry points of the README. Both install what they need first.
-.PHONY: app test install install-test bench
+.PHONY: app test install install-test bench mutants
 
 install:
 	bash scripts/install.sh
@@ -16,3 +16,9 @@ test: install-test
 
 bench: install-test
 	python3 benchmarks/bench_core.py
+
+# mutation testing (not in CI: hours on two cores); results stay in mutants/, so a second run tries only
+# what changed. scripts/mutants_report.py prints the table docs/TESTING.md quotes.
+mutants: install-test
+	python3 -m mutmut run || true
+	python3 scripts/mutants_report.py

@@ -379,11 +379,10 @@ def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> 
     n = len(a_idx)
     if n < 4:
         raise ProxyFDAError(f"CKNNA's unbiased estimate needs at least 4 points, got {n}")
-    shared = _shared_mask(a_idx, b_idx)  # [N, k]: is a_idx[i, j] also among b's neighbours of i?
-    # b's similarity for the shared pairs, looked up by neighbour id
-    b_lookup = _sparse(n, b_idx, b_sim)
+    position = positions_in(a_idx, b_idx)  # [N, k]: where a's neighbour a_idx[i, j] sits in b's list, or -1
+    shared = position >= 0
+    b_on_a = np.take_along_axis(b_sim, np.maximum(position, 0), axis=1)[shared]  # b's similarity of each shared pair
     rows = np.repeat(np.arange(n), k).reshape(n, k)
-    b_on_a = np.asarray(b_lookup[rows[shared], a_idx[shared]]).ravel()
     kl = _hsic_unbiased(_sparse(n, a_idx[shared], a_sim[shared], rows[shared]),
                         _sparse(n, a_idx[shared], b_on_a, rows[shared]), n)
     kk = _hsic_unbiased(_sparse(n, a_idx, a_sim), _sparse(n, a_idx, a_sim), n)
@@ -392,11 +391,6 @@ def cknna(x_a: Any, x_b: Any, k: int, graphs: tuple[Any, Any] | None = None) -> 
         raise ProxyFDAError("CKNNA is undefined here: a space's kNN-restricted kernel has no variance "
                             "(are all its features identical?)")
     return float(kl / np.sqrt(kk * ll))
-
-
-def _shared_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[N, k] booleans: whether each of a's neighbours of i is also one of b's neighbours of i."""
-    return positions_in(a, b) >= 0
 
 
 def _sparse(n: int, cols: np.ndarray, values: np.ndarray, rows: np.ndarray | None = None):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 #: the library's own folders and limits, read from the environment: a test session starts from none of them
 for name in ("PROXYFDA_CACHE", "PROXYFDA_RUNS", "PROXYFDA_DATA", "PROXYFDA_ALLOW", "PROXYFDA_MAX_IMAGES"):
@@ -28,6 +29,12 @@ from proxyfda.config import FinetuneConfig  # noqa: E402
 TINY_FINETUNE = FinetuneConfig(data="digits:train", eval_data="digits:test", image_size=32, steps=4,
                                batch_size=16, eval_every=2, eval_size=60, warmup_steps=1, lr=3e-3)
 
+
+# hypothesis draws the same examples on every run and keeps none between runs (so no test depends on an earlier
+# one); `pytest --hypothesis-profile=explore` searches afresh, with more examples
+settings.register_profile("default", max_examples=25, derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", max_examples=500, deadline=None)
+settings.load_profile("default")
 
 #: torch's intra-op threads in tests (the machines that run the suite have two cores)
 TORCH_THREADS = 2

@@ -325,6 +325,23 @@ def test_cknna_on_identical_and_unrelated_spaces():
     assert abs(unrelated) < 0.2 and unrelated == pytest.approx(_dense_cknna(x, other, 10), rel=1e-6, abs=1e-9)
 
 
+def test_cknna_of_graphs_that_share_no_pair_is_zero():
+    """No pair is a neighbour pair in both spaces: the restricted cross term is empty, so CKNNA is 0 (a random
+    re-pairing at k = 1 does this; it used to crash the calibration inside scipy)."""
+    from proxyfda.knn import knn_graph, KnnGraph
+
+    rng = np.random.default_rng(0)
+    graph = knn_graph(rng.normal(size=(60, 5)), 1)
+    for _ in range(100):  # a re-pairing of the same space under which no point keeps its neighbour
+        perm = rng.permutation(60)
+        inverse = np.argsort(perm)
+        moved = KnnGraph(inverse[graph.indices[perm]], graph.similarities[perm])
+        if not (moved.indices == graph.indices).any():
+            break
+    assert not (moved.indices == graph.indices).any()
+    assert M.cknna(None, None, 1, graphs=(graph, moved)) == 0.0
+
+
 def _lcs(a, b):
     """Textbook dynamic-programming longest common subsequence."""
     table = np.zeros((len(a) + 1, len(b) + 1), dtype=int)
