@@ -49,6 +49,17 @@ time.sleep(120)
 """
 
 
+@pytest.fixture
+def script(tmp_path_factory):
+    """script(code): ``code`` saved as a file of its own for a child Python to run (a file, not ``-c``: a
+    mutation-testing run walks the child's frames by file name, and ``-c`` code has none)."""
+    def save(code: str) -> str:
+        path = tmp_path_factory.mktemp("child") / "child.py"
+        path.write_text(code)
+        return str(path)
+    return save
+
+
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -61,10 +72,10 @@ def copy_run(run_dir: Path, to: Path, **summary) -> Path:
 
 
 @pytest.fixture
-def holder(tmp_path):
+def holder(tmp_path, script):
     """A live process writing ``tmp_path / "held"`` (its Popen, and the folder)."""
     run_dir = tmp_path / "held"
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, script(HOLDER), str(run_dir)], stdout=subprocess.PIPE, text=True,
                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert process.stdout.readline().strip() == "ready"
@@ -176,13 +187,13 @@ def test_a_swap_that_fails_at_either_rename_leaves_the_old_run_whole_at_its_name
 
 
 @pytest.mark.parametrize("killed_at", [1, 2])
-def test_a_writer_killed_inside_its_swap_loses_no_run(tiny_run, tmp_path, killed_at):
+def test_a_writer_killed_inside_its_swap_loses_no_run(tiny_run, tmp_path, script, killed_at):
     """Killed before the first rename, the old run never moved; killed between the two, it sits aside as
     ``.run.old-…`` with nothing at its name, and the next reader (listing, opening or a new writer) puts it
     back whole. Either way a later overwrite clears what the dead writer left."""
     run_dir = copy_run(tiny_run, tmp_path / "run")
     before = files_of(run_dir)
-    done = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, str(run_dir), str(killed_at)], cwd=ROOT,
+    done = subprocess.run([sys.executable, script(KILLED_MID_SWAP), str(run_dir), str(killed_at)], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert run_dir.exists() == (killed_at == 1)
