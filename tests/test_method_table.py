@@ -108,3 +108,44 @@ def test_weight_decay_reaches_the_encoder_and_head_only(name):
         assert generator_opt.param_groups[0]["lr"] == GENERATOR_LR
     else:
         assert generator_opt is None
+
+
+# ---- an option set to zero is zero, never the default it would otherwise take ----------------------------
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_a_zero_given_by_the_user_stays_zero(name):
+    config = resolve_config(FinetuneConfig(method=name, weight_decay=0.0, warmup_steps=0, seed=0))
+    assert (config.weight_decay, config.warmup_steps) == (0.0, 0)
+    method = METHODS[name]
+    if method.strength:
+        off = resolve_config(FinetuneConfig(method=name, reg_options={method.strength: 0.0}))
+        assert off.reg_options[method.strength] == 0.0
+
+
+def test_the_command_line_keeps_a_zero_too():
+    from proxyfda.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["finetune", "--out", "x", "--weight-decay", "0", "--warmup-steps", "0",
+                                      "--method", "fda", "--reg-options", '{"weight": 0, "bias": 0}'])
+    config = resolve_config(_config_from_args(FinetuneConfig, args))
+    assert (config.weight_decay, config.warmup_steps) == (0.0, 0)
+    assert config.reg_options["weight"] == 0 and config.reg_options["bias"] == 0
+
+
+@pytest.mark.parametrize("name", ["fda", "proxy-fda"])
+def test_a_zero_option_overrides_its_preset(name):
+    """The "paper" preset sets b = 5; b = 0 given explicitly must be b = 0 (threshold cos 0), not 5."""
+    loss = build_regularizer(name, preset="paper", bias=0.0)
+    fda = loss if name == "fda" else loss.fda
+    assert float(fda.bias) == 0.0 and fda.threshold == "fixed"
+    assert float(build_regularizer(name, preset="paper").bias if name == "fda"
+                 else build_regularizer(name, preset="paper").fda.bias) == 5.0
+
+
+def test_lr_schedule_without_warm_up_starts_at_the_full_rate():
+    from proxyfda.training import lr_at
+
+    config = FinetuneConfig(lr=0.1, steps=10, warmup_steps=0)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(5, config) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 5 / 10)))
+    assert lr_at(10, config) == pytest.approx(0.0, abs=1e-12)

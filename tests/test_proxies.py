@@ -55,6 +55,40 @@ def test_loss_pools_positives_from_neighbours_and_negatives_from_the_rest(batch)
         assert i not in members[i].tolist()
 
 
+def test_an_untrained_generator_estimates_the_pooled_pretrained_similarity(batch):
+    """The similarity head starts at zero, so before any training the estimated similarity of a proxy is the
+    pooling-weighted mean of its members' PRE-TRAINED cosines to the anchor: Σ_j a_qj cos(x̂_i, x̂_j). Fed
+    the fine-tuned cosines instead, the estimate would be those of the fine-tuned space."""
+    feats, feats_pre = batch
+    loss = ProxyFDALoss(k=K, n_proxies=2)
+    loss.record_detail = True
+    loss(feats, feats_pre)
+    pooling = loss.records["proxy_pooling"]  # [B, 2P, B] over the batch's rows
+    x_pre, x = F.normalize(feats_pre, dim=1), F.normalize(feats, dim=1)
+    expected = (pooling * (x_pre @ x_pre.T)[:, None, :]).sum(-1).clamp(-1, 1)
+    torch.testing.assert_close(loss.records["proxy_sim_estimated"], expected)
+    wrong = (pooling * (x @ x.T)[:, None, :]).sum(-1).clamp(-1, 1)
+    assert (expected - wrong).abs().max() > 1e-3  # the two spaces differ enough here to tell them apart
+
+
+def test_each_proxy_sits_in_its_own_column_of_the_pair_table(batch):
+    """Columns B.. of the pair table are the proxies, the P positive slots first: each column's fine-tuned
+    cosine is that of the anchor with the proxy its pooling weights build, and its pair is a positive exactly
+    for the first P slots."""
+    feats, feats_pre = batch
+    loss = ProxyFDALoss(k=K, n_proxies=2)
+    loss.record_detail = True
+    loss(feats, feats_pre)
+    r = loss.records
+    x = F.normalize(feats, dim=1)
+    proxies = r["proxy_pooling"] @ x  # [B, 2P, D], not yet unit
+    cos = torch.einsum("bd,bqd->bq", x, proxies) / proxies.norm(dim=-1)
+    torch.testing.assert_close(r["pair_sim_ft"][:, B:], cos)
+    torch.testing.assert_close(r["proxies"], proxies / proxies.norm(dim=-1, keepdim=True))
+    assert r["pair_positive"][:, B:].tolist() == [[True, True, False, False]] * B
+    assert (r["pair_weight"][:, B:B + 2] >= 0).all() and (r["pair_weight"][:, B + 2:] <= 0).all()
+
+
 def test_pooled_similarity_is_the_cosine_of_the_pooled_pretrained_twin(batch):
     feats, feats_pre = batch
     loss = ProxyFDALoss(k=K, n_proxies=2, proxy_similarity="pooled")
