@@ -149,3 +149,15 @@ def test_lr_schedule_without_warm_up_starts_at_the_full_rate():
     assert lr_at(0, config) == pytest.approx(0.1)
     assert lr_at(5, config) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 5 / 10)))
     assert lr_at(10, config) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_methods_are_listed_in_the_order_users_read_them():
+    from proxyfda.methods import method_names
+
+    assert method_names() == ["naive", "l2sp", "ldifs", "ldifs-final", "lp-ft", "fda", "proxy-fda", "safe"]
+
+
+def test_proxy_fda_hands_its_learnable_tau_and_bias_to_the_encoders_optimiser():
+    loss = build_regularizer("proxy-fda", learn_tau=True, learn_bias=True)
+    assert [id(p) for p in loss.fda_parameters()] == [id(loss.fda.log_tau), id(loss.fda.bias)]
+    assert build_regularizer("proxy-fda").fda_parameters() == []

@@ -366,3 +366,30 @@ def test_order_agreement_equals_lcs_over_k():
     assert (M.order_agreement(idx_a, idx_a) == 1.0).all()
     reversed_order = M.order_agreement(idx_a, idx_a[:, ::-1])
     np.testing.assert_array_equal(reversed_order, np.full(n, 1 / k))  # same neighbours, opposite order
+
+
+# ---------------------------------------------------------------- errors name the argument that is wrong
+
+#: (function, its two space arguments' names, extra arguments): a NaN in either space must be named
+NAMED_SPACES = [(M.trustworthiness, ("x_ref", "x_other"), (3,)), (M.continuity, ("x_ref", "x_other"), (3,)),
+                (M.mean_l2_drift, ("x_a", "x_b"), ()), (M.linear_cka, ("x", "y"), ()),
+                (M.procrustes_disparity, ("x", "y"), ()), (M.cknna, ("x_a", "x_b"), (3,))]
+
+
+@pytest.mark.parametrize("function, names, extra", NAMED_SPACES, ids=[f.__name__ for f, _, _ in NAMED_SPACES])
+@pytest.mark.parametrize("bad", [0, 1])
+def test_a_bad_space_is_named_by_its_argument(function, names, extra, bad):
+    rng = np.random.default_rng(0)
+    spaces = [rng.normal(size=(20, 4)), rng.normal(size=(20, 4))]
+    spaces[bad][3, 1] = np.nan
+    with pytest.raises(ProxyFDAError, match=rf"^{names[bad]} has 1 row\(s\) with NaN or inf values \(rows 3\)"):
+        function(*spaces, *extra)
+
+
+@pytest.mark.parametrize("function", [M.knn_overlap, M.jaccard, M.order_agreement])
+@pytest.mark.parametrize("bad", [0, 1])
+def test_a_bad_graph_is_named_by_its_argument(function, bad):
+    graphs = [np.array([[1, 2], [0, 2], [0, 1]]), np.array([[1, 2], [0, 2], [0, 1]])]
+    graphs[bad] = np.array([[1, 1], [0, 2], [0, 1]])  # row 0 lists point 1 twice
+    with pytest.raises(ProxyFDAError, match=rf"^{('idx_a', 'idx_b')[bad]} "):
+        function(*graphs)
