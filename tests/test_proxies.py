@@ -34,8 +34,32 @@ def test_proxies_are_convex_combinations_of_their_own_set(sets):
         assert (weights >= 0).all()
         torch.testing.assert_close(weights.sum(-1), torch.ones(5, 4))
         torch.testing.assert_close(proxies, weights @ members)
-    pooled_pre = out.pos_weights @ pos_pre
-    torch.testing.assert_close(out.pos_sim_pooled, F.cosine_similarity(anchor_pre[:, None], pooled_pre, dim=-1))
+    for weights, members_pre, pooled in ((out.pos_weights, pos_pre, out.pos_sim_pooled),
+                                         (out.neg_weights, neg_pre, out.neg_sim_pooled)):
+        torch.testing.assert_close(pooled, F.cosine_similarity(anchor_pre[:, None], weights @ members_pre, dim=-1))
+    # an untrained similarity head: the estimate is the pooling-weighted mean of the members' pre-trained cosines
+    for weights, members_pre, estimate in ((out.pos_weights, pos_pre, out.pos_sim_est),
+                                           (out.neg_weights, neg_pre, out.neg_sim_est)):
+        cosines = F.cosine_similarity(anchor_pre[:, None], members_pre, dim=-1)  # [5, set size]
+        torch.testing.assert_close(estimate, (weights * cosines[:, None, :]).sum(-1).clamp(-1, 1))
+
+
+@pytest.mark.parametrize("name, change, says", [
+    ("anchor", lambda t: t[0], "anchor must be a float tensor with 2 dims"),
+    ("pos_pre", lambda t: t[..., 0], "pos_pre must be a float tensor with 3 dims"),
+    ("neg", lambda t: t.long(), "neg must be a float tensor with 3 dims"),
+    ("neg_pre", lambda t: t[:4], "neg_pre has shape (4, 7, 16); expected batch 5 and feature dim 16"),
+    ("pos", lambda t: t[:, :0], "pos has shape (5, 0, 16); expected batch 5 and feature dim 16, with a non-empty set"),
+    ("pos_pre", lambda t: t[:, :2], "pos/pos_pre and neg/neg_pre must have the same shapes"),
+    ("neg_pre", lambda t: t[:, :6], "pos/pos_pre and neg/neg_pre must have the same shapes"),
+])
+def test_generator_inputs_are_checked_and_named(sets, name, change, says):
+    names = ["anchor", "anchor_pre", "pos", "pos_pre", "neg", "neg_pre"]
+    inputs = dict(zip(names, sets))
+    inputs[name] = change(inputs[name])
+    with pytest.raises(ProxyFDAError) as error:
+        ProxyGenerator(n_proxies=2)(**inputs)
+    assert str(error.value).startswith(says)
 
 
 def test_loss_pools_positives_from_neighbours_and_negatives_from_the_rest(batch):

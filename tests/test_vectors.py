@@ -89,6 +89,37 @@ def test_each_format_gives_the_report_compute_drift_gives_on_the_arrays(tmp_path
     pd.testing.assert_frame_equal(report.class_table, expected.class_table)
 
 
+def test_each_format_reads_back_the_array_that_was_saved(tmp_path):
+    """Read directly, every layout gives back the numbers: float64 stays float64 (CSV and parquet), float32
+    stays float32, and a vector cell may be written "[0.1, 0.2]", "[0.1 0.2]" or with blanks around it."""
+    x = np.random.default_rng(3).normal(size=(7, 3))
+    pd.DataFrame(x, columns=["u", "v", "w"]).to_csv(tmp_path / "wide.csv", index=False)
+    pd.DataFrame(x, columns=["u", "v", "w"]).to_parquet(tmp_path / "wide.parquet")
+    cells = [(" " if i % 2 else "") + (str(row.tolist()) if i % 3 else np.array2string(row, floatmode="unique"))
+             for i, row in enumerate(x)]  # commas, numpy's blanks, and leading blanks
+    pd.DataFrame({"name": list("abcdefg"), "emb": cells}).to_csv(tmp_path / "cells.csv", index=False)
+    save_parquet_lists(tmp_path / "lists.parquet", x.astype(np.float32))
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    for source, want in (("wide.csv", x), ("wide.parquet", x), ("cells.csv", x), ("lists.parquet", x.astype(np.float32)),
+                         ("x.npy", x.astype(np.float32))):
+        got = load_vectors(str(tmp_path / source))
+        assert got.dtype == want.dtype, source
+        np.testing.assert_array_equal(got, want, err_msg=source)
+    pd.DataFrame({"id": [1, 2], "e": ["  [1, 2]", " [3, 4]"]}).to_csv(tmp_path / "blank.csv", index=False)
+    np.testing.assert_array_equal(load_vectors(str(tmp_path / "blank.csv")), [[1.0, 2.0], [3.0, 4.0]])
+
+
+@pytest.mark.parametrize("cells, says", [
+    (["[1, 2]", "[3, 4"], r"row 1 of column 'v' in '.*' is '\[3, 4', not a vector like"),
+    (["[1, 2]", "3, 4]"], r"row 1 of column 'v' in '.*' is '3, 4\]', not a vector like"),
+    (["[]", "[ ]"], r"column 'v' of '.*' is empty \(shape \(2, 0\)\)"),
+])
+def test_a_vector_cell_must_be_one_bracketed_list(tmp_path, cells, says):
+    pd.DataFrame({"v": cells}).to_csv(tmp_path / "v.csv", index=False)
+    with pytest.raises(ProxyFDAError, match=says):
+        load_vectors(f"{tmp_path / 'v.csv'}#v")
+
+
 def test_a_named_column_a_sample_and_an_image_set(tmp_path, arrays):
     a, b, _ = arrays
     frame = pd.DataFrame({"before": list(a), "after": list(b)})
