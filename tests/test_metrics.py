@@ -393,3 +393,18 @@ def test_a_bad_graph_is_named_by_its_argument(function, bad):
     graphs[bad] = np.array([[1, 1], [0, 2], [0, 1]])  # row 0 lists point 1 twice
     with pytest.raises(ProxyFDAError, match=rf"^{('idx_a', 'idx_b')[bad]} "):
         function(*graphs)
+
+
+@pytest.mark.parametrize("metric, reference", [("cosine", "cosine"), ("euclidean", "sqeuclidean")])
+def test_rank_blocks_hold_the_distances_they_rank_by(metric, reference):
+    """One block of the rank computation: rows start:stop against every row, cosine distances of unit rows or
+    squared euclidean distances (scipy's cdist by its own formula)."""
+    from scipy.spatial.distance import cdist
+
+    x = np.random.default_rng(2).normal(size=(9, 4))
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = np.empty((3, 9))
+    block = M._block_distances(x, (x * x).sum(axis=1), 4, 7, metric, out)
+    np.testing.assert_allclose(block, cdist(x[4:7], x, reference), atol=1e-12)
+    assert block is out  # written into the reused buffer

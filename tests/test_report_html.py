@@ -155,6 +155,47 @@ def test_the_most_drifted_points_come_with_their_neighbours_as_embedded_pngs(ana
     assert cards[0].count('class="thumb lost"') == lost and cards[0].count('class="thumb gained"') == lost
 
 
+class _Pictures:
+    """What the report reads of an image set: thumbnails (a 100 × 50 gradient) and class names."""
+
+    has_images = True
+    class_names = ["a<b>", "b"]
+    labels = np.array([0, 1])
+
+    def thumbnail(self, index: int, size: int = 64) -> np.ndarray:
+        ramp = np.linspace(0, 255, 100 * 50 * 3).reshape(50, 100, 3)
+        return (ramp if index == 0 else 255 - ramp).astype(np.uint8)
+
+    def class_of(self, index: int) -> str:
+        return self.class_names[int(self.labels[index])]
+
+
+def test_a_thumbnail_is_its_image_shrunk_to_at_most_64_pixels_a_side():
+    from PIL import Image
+
+    from proxyfda.report_html import thumbnail_uri
+
+    for size, shape in ((64, (32, 64, 3)), (20, (10, 20, 3))):
+        uri = thumbnail_uri(_Pictures(), 1, size=size)
+        assert uri.startswith("data:image/png;base64,")
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+        expected = Image.fromarray(_Pictures().thumbnail(1))
+        expected.thumbnail((size, size))
+        assert pixels.shape == shape
+        np.testing.assert_array_equal(pixels, np.asarray(expected))
+
+
+def test_a_neighbour_is_shown_with_its_id_class_status_and_cosine():
+    from proxyfda.report_html import _thumb
+
+    figure = _thumb(_Pictures(), 0, lambda j: f"data:x/{j}", "lost", 0.4567)
+    assert figure == ('<figure class="thumb lost"><img src="data:x/0" alt="image 0" title="id 0 · a&lt;b&gt; · lost · '
+                      'cosine 0.46"><figcaption>a&lt;b&gt;</figcaption></figure>')
+    without = _thumb(_Pictures(), 1, lambda j: None, "kept", 1.0)
+    assert without == ('<figure class="thumb kept"><span class="noimage" title="id 1 · b · kept · cosine 1.00">1'
+                       '</span><figcaption>b</figcaption></figure>')
+
+
 def test_class_drift_lists_every_class(analysis, page):
     report = analysis[0]
     for _, row in report.class_table.iterrows():
