@@ -343,3 +343,63 @@ def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
     assert summary["kept keeps more"] + summary["lost keeps more"] + summary["tie"] == pytest.approx(1.0)
     with pytest.raises(ProxyFDAError, match="same images"):
         three_way(both.b, compute_drift(x_b, x_c, labels, names, 6))
+
+
+def steady(calls: list[tuple[str, float]], first: float = 0.0) -> None:
+    """A progress stream a bar can show: messages, fractions in [0, 1] that never go back, from ``first`` to 1."""
+    fractions = [fraction for _, fraction in calls]
+    assert all(isinstance(message, str) and message for message, _ in calls)
+    assert fractions[0] == first and fractions[-1] == 1.0 and fractions == sorted(fractions), fractions
+    assert calls[-1][0] == "Done"
+
+
+def test_the_drift_route_reports_steady_progress(tmp_path):
+    from proxyfda.drift import run_drift
+
+    rng = np.random.default_rng(10)
+    np.save(tmp_path / "a.npy", rng.normal(size=(50, 4)))
+    np.save(tmp_path / "b.npy", rng.normal(size=(50, 4)))
+    calls = []
+    compute_drift(X_A, X_B, LABELS, CLASS_NAMES, K, progress=lambda message, fraction: calls.append((message, fraction)))
+    steady(calls, first=0.02)
+    calls.clear()
+    run_drift(DriftConfig(pretrained=f"vectors:{tmp_path / 'a.npy'}", finetuned=f"vectors:{tmp_path / 'b.npy'}",
+                          data="rows:50", n=0, k=3), lambda message, fraction: calls.append((message, fraction)))
+    steady(calls)
+    assert [message for message, _ in calls[:1]] == ["Loading rows:50"]
+
+
+def test_a_three_way_route_carries_its_config_and_backend_into_both_reports(tmp_path):
+    """run_three_way on three embedding files (no encoder): each report is compute_drift of its own pair, made
+    with the config's k and kNN backend and carrying the config; the progress runs from 0 to 1 without going back."""
+    from proxyfda.drift import run_three_way
+
+    rng = np.random.default_rng(8)
+    x_a = rng.normal(size=(90, 6)).astype(np.float32)
+    x_b = (x_a + 0.4 * rng.normal(size=x_a.shape)).astype(np.float32)
+    x_c = (x_a + 1.2 * rng.normal(size=x_a.shape)).astype(np.float32)
+    for name, x in (("a", x_a), ("b", x_b), ("c", x_c)):
+        np.save(tmp_path / f"{name}.npy", x)
+    config = DriftConfig(pretrained=f"vectors:{tmp_path / 'a.npy'}", finetuned=f"vectors:{tmp_path / 'b.npy'}",
+                         compare=f"vectors:{tmp_path / 'c.npy'}", data="rows:90", n=0, k=4, knn_backend="faiss")
+    calls = []
+    images, both = run_three_way(config, progress=lambda message, fraction: calls.append((message, fraction)))
+    steady(calls)
+    assert (both.name_b, both.name_c) == ("b.npy", "c.npy")
+    for report, x in ((both.b, x_b), (both.c, x_c)):
+        expected = compute_drift(x_a, x, images.labels, images.class_names, 4, backend="faiss")
+        assert report.config == config and report.metrics == expected.metrics
+        np.testing.assert_array_equal(report.overlap, expected.overlap)
+
+
+def test_a_three_way_table_saves_as_it_reads(tmp_path):
+    from proxyfda.drift import three_way
+
+    rng = np.random.default_rng(9)
+    x_a = rng.normal(size=(40, 5))
+    reports = [compute_drift(x_a, x_a + s * rng.normal(size=x_a.shape), np.arange(40) % 2, ["p", "q"], 3)
+               for s in (0.3, 1.0)]
+    both = three_way(*reports, "near", "far")
+    out = both.save(tmp_path / "new" / "folder")
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "three_way.parquet"), both.frame())
+    assert json.loads((out / "three_way.json").read_text()) == both.summary()

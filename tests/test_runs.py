@@ -5,6 +5,7 @@ same way from every entry point."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -273,6 +274,20 @@ def test_a_run_without_history_says_so(tmp_path):
         writer.finish("completed", 0, None)
     with pytest.raises(ProxyFDAError, match="has no feature history"):
         run_timeline(tmp_path / "r")
+
+
+def test_two_snapshots_are_a_timeline_and_one_is_not(tiny_run, tmp_path):
+    """Step 0 and one evaluation suffice; the default k is the probe's own (10, as the run logged it)."""
+    from proxyfda.drift import run_timeline
+    from proxyfda.training import PROBE_K
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / "probe" / "step-000004.npy").unlink()
+    timeline = run_timeline(run)
+    assert timeline.steps == [0, 2] and timeline.k == PROBE_K == 10
+    (run / "probe" / "step-000002.npy").unlink()
+    with pytest.raises(ProxyFDAError, match=r"has no feature history \(snapshots at steps \[0\]\)"):
+        run_timeline(run)
 
 
 def test_wise_curve_runs_from_the_pretrained_encoder_to_the_run(tiny_run):
