@@ -408,3 +408,16 @@ def test_rank_blocks_hold_the_distances_they_rank_by(metric, reference):
     block = M._block_distances(x, (x * x).sum(axis=1), 4, 7, metric, out)
     np.testing.assert_allclose(block, cdist(x[4:7], x, reference), atol=1e-12)
     assert block is out  # written into the reused buffer
+
+
+@pytest.mark.parametrize("spread", [0.1, 10.0])  # few entries below the thresholds, or most of them
+def test_closer_counts_are_strict_and_cover_every_row(spread):
+    """_count_closer: per row and threshold, how many distances are strictly below it, ties not counted; the
+    last rows count too when nothing is closer (the counts' length is the block's)."""
+    rng = np.random.default_rng(4)
+    dist = np.round(rng.random((6, 40)) * 4) / 4  # quarter steps: many exact ties
+    thresholds = np.sort(rng.choice(dist.ravel(), size=(6, 3)) * spread, axis=1)
+    thresholds[-1] = dist[-1].min()  # nothing strictly closer than the last row's own minimum
+    expected = (dist[:, None, :] < thresholds[:, :, None]).sum(-1)
+    np.testing.assert_array_equal(M._count_closer(dist, thresholds), expected)
+    assert M._count_closer(dist, thresholds).dtype.kind == "i"

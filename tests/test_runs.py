@@ -338,3 +338,14 @@ def test_embedding_files_are_named_by_their_file_and_column():
     assert describe("/data/x/after.parquet#emb") == "after.parquet#emb"
     assert encoder_names("vectors:/d/a.csv#v", "run:/d/runs/naive-s0", "open_clip:RN50:openai") == \
         ["a.csv#v", "naive-s0", "open_clip:RN50:openai"]
+
+
+def test_probe_images_are_the_eval_images_the_run_drew_with_its_own_seed(tmp_path):
+    config = TINY_FINETUNE.replace(seed=3, eval_data="digits:test", eval_size=40)
+    with RunWriter(tmp_path / "r", config) as writer:
+        writer.save_probe_rows(np.arange(10))
+        writer.finish("completed", 0, None)
+    drawn = load_images("digits:test", n=40, seed=3)
+    probe = Run.open(tmp_path / "r").probe_images()
+    np.testing.assert_array_equal(probe.pixels, drawn.pixels[:10])
+    assert not np.array_equal(probe.pixels, load_images("digits:test", n=40, seed=0).pixels[:10])
