@@ -218,10 +218,36 @@ GOOD = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
      r"column 'v' of '.*null\.parquet' has 1 empty \(null\) row\(s\) \(rows 1\): every point needs a vector"),
     (lambda p: pd.DataFrame({"v": [["a", "b"], ["c", "d"]]}).to_parquet(p / "str.parquet") or str(p / "str.parquet"),
      r"column 'v' of '.*str\.parquet' holds lists of (string|large_string), not numbers"),
+    (lambda p: npy(p, "bytes.npy", np.array([[b"ab"]] * 3)), r"'.*bytes\.npy' holds bytes \(\|S2\), not numbers"),
+    (lambda p: npy(p, "dates.npy", np.array([["2020-01-01"]] * 3, dtype="datetime64[D]")),
+     r"'.*dates\.npy' holds dates \(datetime64\[D\]\), not numbers"),
+    (lambda p: npy(p, "spans.npy", np.array([[1]] * 3, dtype="timedelta64[s]")),
+     r"'.*spans\.npy' holds time spans \(timedelta64\[s\]\), not numbers"),
+    (lambda p: pd.DataFrame({"v": [[1.0, 2.0], [1.0, 2.0, 3.0], [4.0, 5.0]]}).to_parquet(p / "ragged.parquet")
+     or str(p / "ragged.parquet"),
+     r"the vectors in column 'v' of '.*ragged\.parquet' have different lengths \(2, 3; 1 row\(s\) \(rows 1\)"),
+    (lambda p: pd.DataFrame({"name": ["a"] * 3, "x": [1.0, 2.0, 3.0]}).to_parquet(p / "mixed.parquet")
+     or str(p / "mixed.parquet"),
+     r"'.*mixed\.parquet' has no column of vectors and is not all numbers \(its columns are: name, x\)"),
 ])
 def test_bad_files_are_named_with_the_fix(tmp_path, make, message):
     with pytest.raises(ProxyFDAError, match=message):
         load_vectors(make(tmp_path))
+
+
+def test_parquet_lists_of_fixed_size_or_of_booleans_and_a_single_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 3)}),
+                   tmp_path / "fixed.parquet")
+    np.testing.assert_array_equal(load_vectors(str(tmp_path / "fixed.parquet")), x)
+    pd.DataFrame({"flags": [[True, False], [False, True]]}).to_parquet(tmp_path / "bools.parquet")
+    flags = load_vectors(str(tmp_path / "bools.parquet"))
+    assert flags.dtype == np.float32 and flags.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    save_parquet_lists(tmp_path / "one.parquet", x[:1])
+    np.testing.assert_array_equal(load_vectors(str(tmp_path / "one.parquet")), x[:1])
 
 
 def test_integers_and_booleans_are_read_as_float32(tmp_path):
