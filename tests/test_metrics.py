@@ -421,3 +421,14 @@ def test_closer_counts_are_strict_and_cover_every_row(spread):
     expected = (dist[:, None, :] < thresholds[:, :, None]).sum(-1)
     np.testing.assert_array_equal(M._count_closer(dist, thresholds), expected)
     assert M._count_closer(dist, thresholds).dtype.kind == "i"
+
+
+def test_the_permuted_cross_product_is_y_transposed_x_of_the_repaired_rows():
+    """Geometry.cross_gram(p) = Yᵀ X of the centred, rescaled spaces with y's rows in p's order: the identity
+    gives back the unpermuted product; a permutation gives what re-pairing the rows by hand gives."""
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 3)) * 1000.0
+    geometry = M.Geometry(x, y)
+    np.testing.assert_allclose(geometry.cross_gram(np.arange(30)), geometry.cross, rtol=1e-12)
+    p = rng.permutation(30)
+    np.testing.assert_allclose(geometry.cross_gram(p), M.Geometry(x, y[p]).cross, rtol=1e-10)
