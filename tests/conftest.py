@@ -34,7 +34,9 @@ TINY_FINETUNE = FinetuneConfig(data="digits:train", eval_data="digits:test", ima
 # one); `pytest --hypothesis-profile=explore` searches afresh, with more examples
 settings.register_profile("default", max_examples=25, derandomize=True, database=None, deadline=None)
 settings.register_profile("explore", max_examples=500, deadline=None)
-settings.load_profile("default")
+# a mutation-testing run (mutmut sets MUTANT_UNDER_TEST) reruns these tests for thousands of mutants
+settings.register_profile("mutants", max_examples=8, derandomize=True, database=None, deadline=None)
+settings.load_profile("mutants" if os.environ.get("MUTANT_UNDER_TEST") else "default")
 
 #: torch's intra-op threads in tests (the machines that run the suite have two cores)
 TORCH_THREADS = 2
