@@ -145,6 +145,14 @@ def test_selection_parser_reads_row_ids_from_custom_data():
                                       {"curve_number": 2, "point_index": 0}]}}
     assert selection_ids(event) == [12, 3]
     assert selection_ids(None) == [] and selection_ids({"selection": {"points": []}}) == []
+    assert selection_ids(event["selection"]) == [12, 3]  # the selection itself, without its wrapper
+    # Streamlit hands back attribute dictionaries: read by attribute; a point without a row id is skipped
+    from types import SimpleNamespace
+
+    points = [{"customdata": 5}, {"curve_number": 1}, {"customdata": [8]}]
+    assert selection_ids(SimpleNamespace(selection=SimpleNamespace(points=points))) == [5, 8]
+    assert selection_ids(SimpleNamespace(selection=SimpleNamespace())) == []
+    assert selection_ids(SimpleNamespace()) == []
 
 
 def test_map_figure_keeps_every_point_in_one_trace_with_row_ids():

@@ -53,6 +53,33 @@ def test_ldifs_final_is_zero_for_identical_features_and_matches_a_hand_computati
     assert reg(feats, feats_pre).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_the_reference_follows_the_model_to_its_precision():
+    """A float32 reference against a model moved to float64: the distance is the float64 one, and the reference
+    is kept in the model's precision from then on (it would follow it to a GPU the same way)."""
+    net = small_net()
+    reg = L2SPLoss(net.state_dict(), alpha=1.0)
+    net = net.double()
+    with torch.no_grad():
+        net[4].bias.add_(1e-9)  # below float32's resolution of the bias, within float64's
+    assert reg(net).item() == pytest.approx(5 * 1e-18, rel=1e-6)
+    assert {reg.reference[name].dtype for name, _ in net.named_parameters()} == {torch.float64}
+
+
+def test_one_layer_ldifs_takes_one_image_records_its_cosine_and_refuses_a_negative_strength():
+    """α = 10 by default (as LDIFS's own); a batch of one image is enough (the loss is per image); the record
+    ``cos_mean`` is the mean cosine of the pairs."""
+    g = torch.Generator().manual_seed(1)
+    feats, feats_pre = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    reg = LDIFSFinalLoss()
+    cos = torch.nn.functional.cosine_similarity(feats, feats_pre)
+    assert reg(feats, feats_pre).item() == pytest.approx(10.0 * (2 - 2 * cos).mean().item(), rel=1e-5)
+    assert reg.records["cos_mean"] == pytest.approx(cos.mean().item(), rel=1e-5)
+    assert reg(feats[:1], feats_pre[:1]).item() == pytest.approx(10.0 * (2 - 2 * cos[0]).item(), rel=1e-5)
+    assert LDIFSFinalLoss(alpha=0.0)(feats, feats_pre).item() == 0.0
+    with pytest.raises(ProxyFDAError, match=r"^alpha must be >= 0.0, got -1.0"):
+        LDIFSFinalLoss(alpha=-1.0)
+
+
 def _trained_pair():
     pre, ft = small_net(0), small_net(1)
     ft.train()

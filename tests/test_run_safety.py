@@ -237,6 +237,14 @@ def test_a_second_writer_fails_at_once_naming_the_first(holder, capsys):
     assert (run_dir / ".checkpoint.pt.x1y2.tmp").exists()  # its writer is alive: not stale
 
 
+def test_a_writer_that_has_not_yet_written_its_pid_is_still_named_as_busy(tmp_path):
+    from proxyfda.runs import _busy_message
+
+    assert _busy_message(tmp_path, 0).startswith(f"run directory {tmp_path} is being written by another process "
+                                                 "(pid not yet recorded)")
+    assert "(pid 4242)" in _busy_message(tmp_path, 4242)
+
+
 def test_two_writers_in_one_process_exclude_each_other_and_the_live_page_says_why(tmp_path):
     """Two app sessions share a process: the lock holds between them too, and a Live job that meets a held
     folder fails with the sentence (shown by the page), not a traceback."""
