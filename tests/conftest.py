@@ -36,10 +36,12 @@ settings.register_profile("default", max_examples=25, derandomize=True, database
 settings.register_profile("explore", max_examples=500, deadline=None)
 # a mutation-testing run (mutmut sets MUTANT_UNDER_TEST) reruns these tests for thousands of mutants
 settings.register_profile("mutants", max_examples=8, derandomize=True, database=None, deadline=None)
-settings.load_profile("mutants" if os.environ.get("MUTANT_UNDER_TEST") else "default")
+MUTATION_RUN = "MUTANT_UNDER_TEST" in os.environ
+settings.load_profile("mutants" if MUTATION_RUN else "default")
 
-#: torch's intra-op threads in tests (the machines that run the suite have two cores)
-TORCH_THREADS = 2
+#: torch's intra-op threads in tests (the machines that run the suite have two cores; a mutation run keeps both
+#: busy with one test process each)
+TORCH_THREADS = 1 if MUTATION_RUN else 2
 
 
 @pytest.fixture(scope="session", autouse=True)
