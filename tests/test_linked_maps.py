@@ -1,0 +1,101 @@
+"""The linked maps' figure, built as a pure function: which value each point carries, where it is drawn, what its
+hover says and how the selection and the focus are marked, checked point by point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.linked_maps import MAP_POINTS, QUALITATIVE, map_figure
+
+N = 12
+CLASSES = ["cat", "dog", "eel"]
+
+
+@pytest.fixture
+def points():
+    rng = np.random.default_rng(2)
+    return dict(coords=rng.normal(size=(N, 2)), labels=np.arange(N) % 3, overlap=rng.random(N),
+                l2=rng.random(N) + 0.5)
+
+
+def figure(points, **options):
+    data = {key: points[key] for key in ("labels", "overlap", "l2")}
+    return map_figure(points["coords"], "A", class_names=CLASSES, **data, **options)
+
+
+def test_each_drawn_point_carries_its_own_row_position_and_hover(points):
+    shown = np.array([1, 4, 5, 9])
+    trace = figure(points, shown=shown).data[0]
+    assert list(trace.customdata) == [1, 4, 5, 9]
+    np.testing.assert_array_equal(trace.x, points["coords"][shown, 0])
+    np.testing.assert_array_equal(trace.y, points["coords"][shown, 1])
+    for text, i in zip(trace.text, shown):
+        assert text == (f"id {i} · {CLASSES[i % 3]}<br>overlap@k {points['overlap'][i]:.2f} · "
+                        f"L2 drift {points['l2'][i]:.3f}")
+    assert trace.marker.size == 5
+
+
+@pytest.mark.parametrize("color_by", ["overlap@k", "L2 drift", "class"])
+def test_the_colour_is_the_chosen_value_of_each_point(points, color_by):
+    shown = np.array([0, 2, 3, 7, 11])
+    marker = figure(points, shown=shown, color_by=color_by).data[0].marker
+    if color_by == "class":
+        np.testing.assert_array_equal(marker.color, points["labels"][shown])
+        assert (marker.cmin, marker.cmax) == (-0.5, 2.5) and list(marker.colorbar.ticktext) == CLASSES
+        assert [step[1] for step in marker.colorscale] == [QUALITATIVE[0]] * 2 + [QUALITATIVE[1]] * 2 + \
+            [QUALITATIVE[2]] * 2
+        assert [step[0] for step in marker.colorscale] == pytest.approx([0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    elif color_by == "L2 drift":
+        np.testing.assert_array_equal(marker.color, points["l2"][shown])
+        assert marker.colorbar.title.text == "L2"
+    else:
+        np.testing.assert_array_equal(marker.color, points["overlap"][shown])
+        assert (marker.cmin, marker.cmax, marker.colorbar.title.text) == (0.0, 1.0, "overlap@k")
+
+
+def test_without_l2_drift_the_map_colours_by_overlap(points):
+    """Spaces of different widths have no L2 drift (NaN): the map falls back to overlap@k rather than blank."""
+    marker = figure({**points, "l2": np.full(N, np.nan)}, color_by="L2 drift").data[0].marker
+    np.testing.assert_array_equal(marker.color, points["overlap"])
+    assert marker.colorbar.title.text == "overlap@k"
+
+
+def test_the_selection_is_marked_at_its_positions_among_the_drawn_points(points):
+    shown = np.array([1, 4, 5, 9])
+    trace = figure(points, shown=shown, selected=[9, 2, 4]).data[0]  # 2 is not drawn
+    assert list(trace.selectedpoints) == [3, 1]
+    assert trace.unselected.marker.opacity < trace.selected.marker.opacity
+    assert figure(points).data[0].selectedpoints is None
+
+
+def test_the_focus_is_a_star_ringed_by_its_neighbours_in_this_space(points):
+    fig = figure(points, focus=6, focus_neighbours=[2, 8])
+    points_trace, ring, star = fig.data
+    np.testing.assert_array_equal(ring.x, points["coords"][[2, 8], 0])
+    np.testing.assert_array_equal(ring.y, points["coords"][[2, 8], 1])
+    assert (star.x[0], star.y[0]) == tuple(points["coords"][6]) and star.marker.symbol == "star"
+    assert len(figure(points).data) == 1
+
+
+def test_a_crowded_map_draws_smaller_points():
+    n = MAP_POINTS + 1
+    coords = np.zeros((n, 2))
+    trace = map_figure(coords, "A", labels=np.zeros(n, int), class_names=["x"], overlap=np.zeros(n),
+                       l2=np.zeros(n)).data[0]
+    assert trace.marker.size == 3
+
+
+def test_the_rest_of_a_sample_is_drawn_at_random_by_its_seed():
+    """Beyond what must be drawn (kept rows, the most drifted), the sample is a uniform draw of the other rows:
+    the same for the same seed, another for another seed, spread over every part of the set."""
+    from app.linked_maps import DRIFTED_SHARE, map_sample
+
+    overlap = np.linspace(0.0, 1.0, 30_000)  # the most drifted are the first rows
+    first, again, other = (map_sample(overlap, [29_999], budget=1000, seed=s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    drifted = int(1000 * DRIFTED_SHARE)
+    rest = first[drifted:-1]
+    assert len(rest) == 1000 - drifted - 1 and not np.array_equal(rest, other[drifted:-1])
+    counts = np.histogram(rest, bins=3, range=(drifted, 29_999))[0]
+    assert counts.min() > 0.25 * len(rest)  # about a third in each third of the rows
