@@ -223,7 +223,8 @@ class ProxyGenerator(nn.Module):
         k, p = pos.shape[1], self.n_proxies
         members, members_pre = torch.cat([pos, neg], 1), torch.cat([pos_pre, neg_pre], 1)
         unit_members = unit_rows(members.detach())
-        # pragma: no mutate start: einsum reads upper-case subscripts as it reads lower-case ones
+        # einsum reads upper-case subscripts as it reads lower-case ones: these strings' case mutants are equivalent
+        # pragma: no mutate start
         sim_ft = torch.einsum("bd,bsd->bs", unit_rows(anchor.detach()), unit_members)
         sim_pre = torch.einsum("bd,bsd->bs", unit_rows(anchor_pre.detach()), unit_rows(members_pre.detach()))
         # pragma: no mutate end
