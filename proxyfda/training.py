@@ -50,6 +50,8 @@ from .sampling import ClassBalancedSampler, EpochSampler
 #: evaluation keeps (``probe/`` in the run directory) and scores against the pre-trained ones
 PROBE_SIZE = 500
 PROBE_K = 10
+#: images per forward pass when a run evaluates (accuracy does not depend on it, memory does)
+EVAL_BATCH = 256
 #: the proxy generator's own Adam learning rate (it trains on its own loss, beside the encoder)
 GENERATOR_LR = 1e-3
 
@@ -79,7 +81,7 @@ class EvalPass(NamedTuple):
 
 
 @torch.no_grad()
-def eval_pass(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = 256) -> EvalPass:
+def eval_pass(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = EVAL_BATCH) -> EvalPass:
     """Top-1 accuracy of encoder + head on ``images`` in eval mode, and the features it saw; every
     module's mode is restored afterwards (``encoder.train()`` would also unfreeze frozen BatchNorm layers)."""
     modes = [(module, module.training) for part in (encoder, head) for module in part.modules()]
@@ -96,8 +98,7 @@ def eval_pass(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: i
     return EvalPass(correct / len(images), np.concatenate(features))
 
 
-def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet,
-             batch_size: int = 256) -> float:  # pragma: no mutate: accuracy does not depend on the batch size
+def evaluate(encoder: Encoder, head: nn.Module, images: ImageSet, batch_size: int = EVAL_BATCH) -> float:
     """Top-1 accuracy of encoder + head on ``images`` in eval mode (see `eval_pass`)."""
     return eval_pass(encoder, head, images, batch_size).accuracy
 
