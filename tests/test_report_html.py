@@ -73,6 +73,36 @@ def test_the_scores_appear_with_their_nulls_and_intervals(analysis, page):
     assert f"<strong>{report.metrics['overlap_at_k_mean']:.1%}</strong>" in page  # the headline sentence
 
 
+def test_each_score_row_holds_its_own_value_null_and_interval(analysis, page):
+    """Row by row: the score's label (with k), its value, the mean ± sd of its null and its bootstrap interval,
+    all read from the calibration table directly; scores without per-point values have no interval."""
+    report, _, _, calibration, _ = analysis
+    cell = r'<td class="num">([^<]+)</td>'
+    rows = {label: cells for label, *cells in re.findall(rf'<tr><th scope="row">([^<]+)</th>{cell * 3}', page)}
+    table = calibration.set_index("score")
+    for key, (label, _) in SCORE_INFO.items():
+        value, null, interval = rows[html.escape(label.replace("@k", "@5"))]
+        assert value == f"{report.metrics[key]:.3f}", key
+        if key in table.index:
+            assert null == f"{table.loc[key, 'null_mean']:.3f} ± {table.loc[key, 'null_sd']:.3f}", key
+            low, high = table.loc[key, "ci_low"], table.loc[key, "ci_high"]
+            assert interval == ("—" if np.isnan(low) else f"{low:.3f} – {high:.3f}"), key
+        else:
+            assert (null, interval) == ("—", "—"), key
+
+
+def test_each_class_row_holds_its_own_figures(analysis, page):
+    report = analysis[0]
+    for _, row in report.class_table.iterrows():
+        cells = (f'<th scope="row">{html.escape(str(row["class"]))}</th><td class="num">{int(row["n"])}</td>'
+                 f'<td class="num bar" style="--share: {100 * row["overlap_at_k"]:.1f}%">{row["overlap_at_k"]:.3f}</td>'
+                 f'<td class="num">{row["same_class_a"]:.3f}</td><td class="num">{row["same_class_b"]:.3f}</td>'
+                 f'<td class="num">{row["composition_tv"]:.3f}</td>')
+        assert cells in page, row["class"]
+    order = re.findall(r'<tr><th scope="row">([^<]+)</th><td class="num">\d+</td><td class="num bar"', page)
+    assert order == [html.escape(str(c)) for c in report.class_table.sort_values("overlap_at_k")["class"]]
+
+
 def test_the_config_specs_and_versions_that_made_it_are_recorded(page):
     import platform
 
