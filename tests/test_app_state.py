@@ -49,3 +49,74 @@ def test_selection_and_focus_keep_only_rows_that_exist(fresh_state):
     assert session.focus(10) is None
     fresh_state[session.FOCUS_KEY] = 9
     assert session.focus(10) == 9 and session.focus(9) is None and session.focus(0) is None
+
+
+# ---- the address bar: app.url_state --------------------------------------------------------------------------
+
+DEFAULTS = {"k": 10, "lr": 0.001, "data": "digits:test"}
+
+
+@pytest.fixture
+def address(fresh_state):
+    st.query_params.clear()
+    for name, value in DEFAULTS.items():
+        fresh_state[f"f.{name}"] = value
+    yield st.query_params
+    st.query_params.clear()
+
+
+def test_a_link_sets_each_field_as_its_defaults_type_once(address, fresh_state):
+    from app.url_state import apply_query_params
+
+    address.update({"k": "7", "lr": "0.5", "data": "textiles:all", "other": "ignored"})
+    apply_query_params(DEFAULTS, "f.")
+    assert (fresh_state["f.k"], fresh_state["f.lr"], fresh_state["f.data"]) == (7, 0.5, "textiles:all")
+    assert "f.other" not in fresh_state
+    fresh_state["f.k"] = 3  # the user moves the slider; the same address must not take it back
+    apply_query_params(DEFAULTS, "f.")
+    assert fresh_state["f.k"] == 3
+    address["k"] = "9"  # a new link does
+    apply_query_params(DEFAULTS, "f.")
+    assert fresh_state["f.k"] == 9
+
+
+def test_a_value_the_form_would_refuse_is_left_out(address, fresh_state):
+    from app.url_state import apply_query_params
+    from proxyfda.errors import ProxyFDAError
+
+    def check(values: dict) -> None:
+        if values["k"] > 50:
+            raise ProxyFDAError("k must be at most 50")
+
+    address.update({"k": "500", "lr": "fast", "data": "mnist:test"})
+    apply_query_params(DEFAULTS, "f.", check=check)
+    assert (fresh_state["f.k"], fresh_state["f.lr"], fresh_state["f.data"]) == (10, 0.001, "mnist:test")
+
+
+def test_the_form_writes_only_what_differs_from_its_defaults(address, fresh_state):
+    from app.url_state import write_query_params
+
+    address.update({"k": "7", "lr": "0.5"})
+    write_query_params({"k": 10, "lr": 0.25, "data": "mnist:test"}, DEFAULTS, "f.")
+    assert dict(address) == {"lr": "0.25", "data": "mnist:test"}
+    assert fresh_state["f.query_applied"] == {"lr": "0.25", "data": "mnist:test"}
+
+
+def test_the_open_tab_and_the_focused_point_travel_in_the_address(address, fresh_state):
+    labels = ["Neighbours", "Class drift", "Over time"]
+    address.update({"tab": "Over time", "point": "17"})
+    session.tab_from_url(labels)
+    session.focus_from_url()
+    assert fresh_state[session.TAB_KEY] == "Over time" and fresh_state[session.FOCUS_KEY] == 17
+    fresh_state[session.TAB_KEY] = "Neighbours"  # the first tab: the address drops it
+    session.tab_to_url(labels)
+    assert "tab" not in address
+    fresh_state[session.TAB_KEY] = "Class drift"
+    session.tab_to_url(labels)
+    assert address["tab"] == "Class drift"
+    session.set_focus(23)
+    assert address["point"] == "23" and fresh_state[session.FOCUS_KEY] == 23
+    address.update({"tab": "Nowhere", "point": "x"})  # names nothing: nothing changes
+    session.tab_from_url(labels)
+    session.focus_from_url()
+    assert fresh_state[session.TAB_KEY] == "Class drift" and fresh_state[session.FOCUS_KEY] == 23
