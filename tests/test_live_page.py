@@ -171,3 +171,33 @@ def test_a_runs_wise_ft_curve_and_its_measured_forgetting_on_the_page(runs_dir, 
     assert any("WiSE-FT" in c.proto.spec for c in at.get("plotly_chart"))
     at.select_slider(key="live.alpha").set_value(0.5).run()
     assert "At α = 0.5: task accuracy" in " ".join(c.value for c in at.caption)
+
+
+def _sidebar_config() -> None:
+    """A page holding only the Live sidebar, keeping the config it describes."""
+    import streamlit as st
+
+    from app.live_controls import live_controls
+
+    config, _ = live_controls()
+    st.session_state["described"] = config.to_dict()
+
+
+@pytest.mark.parametrize("method, preset, strength, expected", [
+    ("fda", "paper", 0.3, {"preset": "paper", "weight": 0.3}),
+    ("proxy-fda", "ours", 0.0, {"preset": "ours", "weight": 0.0}),
+    ("l2sp", None, 2.0, {"alpha": 2.0}),
+    ("naive", None, None, {}),
+])
+def test_the_sidebar_describes_the_method_preset_and_strength_chosen(method, preset, strength, expected):
+    at = AppTest.from_function(_sidebar_config, default_timeout=60)
+    at.session_state["live.cfg.method"] = method
+    at.run()
+    if preset:
+        at.radio(key=f"live.cfg.{method}.preset").set_value(preset)
+    if strength is not None:
+        at.number_input(key=f"live.cfg.{method}.strength").set_value(strength)
+    at.run()
+    assert not at.exception
+    assert at.session_state["described"]["method"] == method
+    assert at.session_state["described"]["reg_options"] == expected
