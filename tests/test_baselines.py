@@ -72,6 +72,9 @@ def test_one_layer_ldifs_takes_one_image_records_its_cosine_and_refuses_a_negati
     feats, feats_pre = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     reg = LDIFSFinalLoss()
     cos = torch.nn.functional.cosine_similarity(feats, feats_pre)
+    terms = reg(feats, feats_pre, return_terms=True)
+    assert set(terms) == {"loss", "distance_sq"}  # logged as reg_loss and reg_distance_sq
+    assert terms["distance_sq"].item() == pytest.approx((2 - 2 * cos).mean().item(), rel=1e-5)
     assert reg(feats, feats_pre).item() == pytest.approx(10.0 * (2 - 2 * cos).mean().item(), rel=1e-5)
     assert reg.records["cos_mean"] == pytest.approx(cos.mean().item(), rel=1e-5)
     assert reg(feats[:1], feats_pre[:1]).item() == pytest.approx(10.0 * (2 - 2 * cos[0]).item(), rel=1e-5)

@@ -403,3 +403,20 @@ def test_a_three_way_table_saves_as_it_reads(tmp_path):
     out = both.save(tmp_path / "new" / "folder")
     pd.testing.assert_frame_equal(pd.read_parquet(out / "three_way.parquet"), both.frame())
     assert json.loads((out / "three_way.json").read_text()) == both.summary()
+
+
+def test_an_approximate_graph_is_announced_with_each_spaces_recall_and_interval():
+    """The note's figures by hand: the mean of each graph's sampled recalls, ± 1.96 sd/√n (no interval from one
+    point), and why the graphs are approximate (past EXACT_MAX_N points, or chosen)."""
+    from proxyfda.drift import _recall_note
+    from proxyfda.knn import EXACT_MAX_N
+
+    a, b = np.array([1.0, 0.8, 0.9, 0.7]), np.array([0.6, 0.6, 1.0, 0.8])
+    found = _recall_note([a, b], EXACT_MAX_N + 1, 10, "faiss-hnsw")
+    assert (found["knn_recall_a"], found["knn_recall_b"]) == (pytest.approx(0.85), pytest.approx(0.75))
+    margin_a, margin_b = (1.96 * r.std(ddof=1) / 2 for r in (a, b))
+    assert f"recall@10 against exact search is 0.850 ± {margin_a:.3f} (pre-trained) and 0.750 ± {margin_b:.3f} " \
+           f"(fine-tuned), measured on 4 random points" in found["knn_note"]
+    assert f"because N = {EXACT_MAX_N + 1:,} > {EXACT_MAX_N:,}" in found["knn_note"]
+    at_limit = _recall_note([a[:1], b[:1]], EXACT_MAX_N, 10, "faiss-hnsw")["knn_note"]
+    assert "because it was chosen" in at_limit and "1.000 ± 0.000 (pre-trained) and 0.600 ± 0.000" in at_limit

@@ -99,3 +99,15 @@ def test_the_rest_of_a_sample_is_drawn_at_random_by_its_seed():
     assert len(rest) == 1000 - drifted - 1 and not np.array_equal(rest, other[drifted:-1])
     counts = np.histogram(rest, bins=3, range=(drifted, 29_999))[0]
     assert counts.min() > 0.25 * len(rest)  # about a third in each third of the rows
+
+
+def test_a_sample_is_every_point_up_to_its_budget_and_exactly_its_budget_beyond():
+    from app.linked_maps import DRIFTED_SHARE, map_sample
+
+    np.testing.assert_array_equal(map_sample(np.random.default_rng(0).random(100), budget=100), np.arange(100))
+    overlap = np.full(300, 0.5)  # all tied: the most drifted are the first rows (a stable order)
+    shown = map_sample(overlap, budget=100)
+    assert len(shown) == 100 and set(range(int(100 * DRIFTED_SHARE))) <= set(shown.tolist())
+    np.testing.assert_array_equal(shown, map_sample(overlap, budget=100, seed=0))  # seed 0 by default
+    many = list(range(50, 250))  # more rows must be drawn than the budget: those, and nothing at random
+    assert map_sample(overlap, many, budget=100).tolist() == sorted({*range(10), *many})

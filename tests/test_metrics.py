@@ -97,6 +97,13 @@ def test_trustworthiness_bad_inputs(spaces):
         M.trustworthiness(x, y, 3, metric="l1")
     with pytest.raises(ProxyFDAError, match="own neighbour"):
         M.trustworthiness(x, y, 2, neighbours=np.stack([np.arange(60), (np.arange(60) + 1) % 60], axis=1))
+    ring = np.stack([(np.arange(60) + s) % 60 for s in (1, 2, 3)], axis=1)
+    with pytest.raises(ProxyFDAError, match=r"^neighbours has shape \(59, 3\); it needs N=60 rows and at least k=3"):
+        M.trustworthiness(x, y, 3, neighbours=np.stack([(np.arange(59) + s) % 59 for s in (1, 2, 3)], axis=1))
+    with pytest.raises(ProxyFDAError, match=r"^neighbours has shape \(60, 2\); it needs N=60 rows and at least k=3"):
+        M.trustworthiness(x, y, 3, neighbours=ring[:, :2])
+    with pytest.raises(ProxyFDAError, match=r"^neighbours "):
+        M.trustworthiness(x, y, 3, neighbours=ring.astype(float))
     with pytest.raises(ProxyFDAError, match=r"x_ref has 1 row\(s\) with NaN"):  # names follow the roles
         M.continuity(bad, y, 3)
     zero = x.copy()

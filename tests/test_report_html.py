@@ -255,7 +255,7 @@ def test_a_folder_or_an_unwritable_path_is_refused_before_any_work(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ProxyFDAError, match="cannot create the folder"):
         check_output(tmp_path / "file" / "report.html")
-    assert check_output(tmp_path / "new" / "r.html").parent.is_dir()
+    assert check_output(tmp_path / "new" / "deeper" / "r.html").parent.is_dir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +284,30 @@ def test_report_command_writes_one_html_file(light_route, tmp_path, capsys):
     page = out.read_text()
     assert page.startswith("<!doctype html>") and "overlap@5" in page and "data:image/png;base64," in page
     assert html.escape('"data": "digits:test"') in page and list(tmp_path.joinpath("out").iterdir()) == [out]
+
+
+def test_write_report_maps_as_the_config_says_with_steady_progress(light_route, monkeypatch, tmp_path):
+    """write_report: the maps come from the config's projection and seed, the page shows the 12 most drifted
+    points, the progress runs from 0 to 1, and the report's folders are made as needed."""
+    from proxyfda import report_html as module
+    from test_drift import steady
+
+    asked = []
+    light = module.project_pair
+
+    def project(x_a, x_b, method, seed, progress=None):
+        asked.append((method, seed))
+        progress("Fitting the pre-trained map")
+        return light(x_a, x_b, method, seed)
+
+    monkeypatch.setattr(module, "project_pair", project)
+    calls = []
+    config = DriftConfig(data="digits:test", n=60, k=5, projection="independent", seed=3)
+    out = module.write_report(config, tmp_path / "a" / "b" / "report.html",
+                              progress=lambda message, fraction: calls.append((message, fraction)))
+    assert asked == [("independent", 3)] and ("Fitting the pre-trained map", 0.75) in calls
+    steady(calls)
+    assert out.read_text().count('<article class="card">') == 12
 
 
 def test_report_takes_the_drift_options_and_defaults_to_the_embedded_default():
