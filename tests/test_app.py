@@ -203,27 +203,6 @@ def test_the_address_bar_carries_the_config_both_ways(tiny_default):
     assert at.query_params["k"] == "9" and at.query_params["n"] == "120" and "pretrained" not in at.query_params
 
 
-#: a link naming every DriftConfig field, each with a value of its own, and the widget that must show it
-EVERY_FIELD = {"data": ("text_input", "digits:test"), "n": ("number_input", 120), "k": ("slider", 7),
-               "image_size": ("number_input", 48), "pretrained": ("text_input", "efficientnet-lite0:{tmp}/pre.pth"),
-               "finetuned": ("text_input", "run:{tmp}/ft"), "compare": ("text_input", "run:{tmp}/cmp"),
-               "labels": ("text_input", "{tmp}/labels.txt"), "knn_backend": ("selectbox", "torch"),
-               "projection": ("selectbox", "independent"), "seed": ("number_input", 3)}
-
-
-def test_every_field_of_a_link_lands_in_its_own_widget(tmp_path):
-    """No widget shows another field's value; files that are not there are a sentence, not a traceback."""
-    at = AppTest.from_file(PAGE, default_timeout=300)
-    values = {name: value.format(tmp=tmp_path) if isinstance(value, str) else value
-              for name, (_, value) in EVERY_FIELD.items()}
-    at.query_params.update({name: str(value) for name, value in values.items()})
-    at.run()
-    assert not at.exception and not at.warning
-    for name, (kind, _) in EVERY_FIELD.items():
-        assert getattr(at, kind)(key=f"drift.cfg.{name}").value == values[name], name
-    assert "cannot be read" in at.error[0].value or "not a proxyfda run" in at.error[0].value
-
-
 def linked_page(**params) -> AppTest:
     """The page opened from a link carrying ``params`` in its address."""
     at = AppTest.from_file(PAGE, default_timeout=300)

@@ -137,23 +137,6 @@ def test_a_link_sets_the_form(runs_dir):
     assert at.query_params["method"] == "l2sp" and at.query_params["steps"] == "30"
 
 
-def test_every_field_of_a_link_lands_in_its_own_widget(runs_dir):
-    from app.live_controls import LIVE_DEFAULTS
-
-    link = {"base_encoder": "efficientnet-lite0:/x/w.pth", "data": "digits:train", "eval_data": "textiles:all",
-            "method": "ldifs", "steps": 40, "eval_every": 5, "image_size": 48, "seed": 2}
-    assert set(link) == set(LIVE_DEFAULTS) and all(link[k] != LIVE_DEFAULTS[k] for k in link)
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
-    at.switch_page("../pages/live_finetune.py")
-    at.query_params.update({name: str(value) for name, value in link.items()})
-    at.run()
-    assert not at.exception and not at.warning
-    kinds = {"method": "selectbox", "steps": "number_input", "eval_every": "number_input",
-             "image_size": "number_input", "seed": "number_input"}
-    for name, value in link.items():
-        assert getattr(at, kinds.get(name, "text_input"))(key=f"live.cfg.{name}").value == value, name
-
-
 def test_a_runs_wise_ft_curve_and_its_measured_forgetting_on_the_page(runs_dir, tiny_run):
     import shutil
 
@@ -172,32 +155,3 @@ def test_a_runs_wise_ft_curve_and_its_measured_forgetting_on_the_page(runs_dir, 
     at.select_slider(key="live.alpha").set_value(0.5).run()
     assert "At α = 0.5: task accuracy" in " ".join(c.value for c in at.caption)
 
-
-def _sidebar_config() -> None:
-    """A page holding only the Live sidebar, keeping the config it describes."""
-    import streamlit as st
-
-    from app.live_controls import live_controls
-
-    config, _ = live_controls()
-    st.session_state["described"] = config.to_dict()
-
-
-@pytest.mark.parametrize("method, preset, strength, expected", [
-    ("fda", "paper", 0.3, {"preset": "paper", "weight": 0.3}),
-    ("proxy-fda", "ours", 0.0, {"preset": "ours", "weight": 0.0}),
-    ("l2sp", None, 2.0, {"alpha": 2.0}),
-    ("naive", None, None, {}),
-])
-def test_the_sidebar_describes_the_method_preset_and_strength_chosen(method, preset, strength, expected):
-    at = AppTest.from_function(_sidebar_config, default_timeout=60)
-    at.session_state["live.cfg.method"] = method
-    at.run()
-    if preset:
-        at.radio(key=f"live.cfg.{method}.preset").set_value(preset)
-    if strength is not None:
-        at.number_input(key=f"live.cfg.{method}.strength").set_value(strength)
-    at.run()
-    assert not at.exception
-    assert at.session_state["described"]["method"] == method
-    assert at.session_state["described"]["reg_options"] == expected

@@ -1,0 +1,85 @@
+"""The two sidebars under AppTest, quickly (no encoder runs, no run trains): every field a link names lands
+in its own widget, and the Live sidebar's config carries the method, preset and strength chosen."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+
+PAGE = str(ROOT / "pages" / "drift_explorer.py")
+
+
+@pytest.fixture
+def runs_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROXYFDA_RUNS", str(tmp_path))
+    return tmp_path
+
+
+#: a link naming every DriftConfig field, each with a value of its own, and the widget that must show it
+EVERY_FIELD = {"data": ("text_input", "digits:test"), "n": ("number_input", 120), "k": ("slider", 7),
+               "image_size": ("number_input", 48), "pretrained": ("text_input", "efficientnet-lite0:{tmp}/pre.pth"),
+               "finetuned": ("text_input", "run:{tmp}/ft"), "compare": ("text_input", "run:{tmp}/cmp"),
+               "labels": ("text_input", "{tmp}/labels.txt"), "knn_backend": ("selectbox", "torch"),
+               "projection": ("selectbox", "independent"), "seed": ("number_input", 3)}
+
+
+def test_every_field_of_a_drift_link_lands_in_its_own_widget(tmp_path):
+    """No widget shows another field's value; files that are not there are a sentence, not a traceback."""
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    values = {name: value.format(tmp=tmp_path) if isinstance(value, str) else value
+              for name, (_, value) in EVERY_FIELD.items()}
+    at.query_params.update({name: str(value) for name, value in values.items()})
+    at.run()
+    assert not at.exception and not at.warning
+    for name, (kind, _) in EVERY_FIELD.items():
+        assert getattr(at, kind)(key=f"drift.cfg.{name}").value == values[name], name
+    assert "cannot be read" in at.error[0].value or "not a proxyfda run" in at.error[0].value
+
+
+def test_every_field_of_a_live_link_lands_in_its_own_widget(runs_dir):
+    from app.live_controls import LIVE_DEFAULTS
+
+    link = {"base_encoder": "efficientnet-lite0:/x/w.pth", "data": "digits:train", "eval_data": "textiles:all",
+            "method": "ldifs", "steps": 40, "eval_every": 5, "image_size": 48, "seed": 2}
+    assert set(link) == set(LIVE_DEFAULTS) and all(link[k] != LIVE_DEFAULTS[k] for k in link)
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.switch_page("../pages/live_finetune.py")
+    at.query_params.update({name: str(value) for name, value in link.items()})
+    at.run()
+    assert not at.exception and not at.warning
+    kinds = {"method": "selectbox", "steps": "number_input", "eval_every": "number_input",
+             "image_size": "number_input", "seed": "number_input"}
+    for name, value in link.items():
+        assert getattr(at, kinds.get(name, "text_input"))(key=f"live.cfg.{name}").value == value, name
+
+
+def _sidebar_config() -> None:
+    """A page holding only the Live sidebar, keeping the config it describes."""
+    import streamlit as st
+
+    from app.live_controls import live_controls
+
+    config, _ = live_controls()
+    st.session_state["described"] = config.to_dict()
+
+
+@pytest.mark.parametrize("method, preset, strength, expected", [
+    ("fda", "paper", 0.3, {"preset": "paper", "weight": 0.3}),
+    ("proxy-fda", "ours", 0.0, {"preset": "ours", "weight": 0.0}),
+    ("l2sp", None, 2.0, {"alpha": 2.0}),
+    ("naive", None, None, {}),
+])
+def test_the_sidebar_describes_the_method_preset_and_strength_chosen(method, preset, strength, expected):
+    at = AppTest.from_function(_sidebar_config, default_timeout=60)
+    at.session_state["live.cfg.method"] = method
+    at.run()
+    if preset:
+        at.radio(key=f"live.cfg.{method}.preset").set_value(preset)
+    if strength is not None:
+        at.number_input(key=f"live.cfg.{method}.strength").set_value(strength)
+    at.run()
+    assert not at.exception
+    assert at.session_state["described"]["method"] == method
+    assert at.session_state["described"]["reg_options"] == expected
