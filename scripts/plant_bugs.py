@@ -1,0 +1,117 @@
+"""Plant each of the one-line bugs a reviewer planted (issue 17) in a copy of the project, one at a time, and
+check that the test named for it fails.
+
+    python scripts/plant_bugs.py            # every bug: "caught" or "MISSED" per line; exit 1 if one is missed
+    python scripts/plant_bugs.py --list     # the bugs and their tests, without running anything
+
+mutmut plants generic changes; these are the plausible, result-changing ones a careful reviewer chose, kept
+so that a refactor which loses the test that guards one of them shows up here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Bug:
+    what: str
+    path: str  # the file, relative to the project root
+    old: str  # exactly once in the file
+    new: str
+    test: str  # the pytest node (or file) that must fail
+
+
+BUGS = (
+    Bug("the permutation null draws the same permutation every time", "proxyfda/drift.py",
+        "rng.permutation(report.n), geometry) for _ in range(permutations)",
+        "np.random.default_rng(0).permutation(report.n), geometry) for _ in range(permutations)",
+        "tests/test_drift.py::test_the_permutation_null_is_many_random_pairings_at_the_analytic_baseline"),
+    Bug("a summary score filled from the wrong per-point column", "proxyfda/drift.py",
+        '"jaccard_mean": float(jaccard.mean()),', '"jaccard_mean": float(overlap.mean()),',
+        "tests/test_properties.py::test_summaries_are_the_means_of_their_own_columns"),
+    Bug("an option set to zero replaced by the preset's value", "proxyfda/losses/fda.py",
+        "for name, value in chosen.items() if value is not None}", "for name, value in chosen.items() if value}",
+        "tests/test_method_table.py::test_a_zero_option_overrides_its_preset"),
+    Bug("the generator fed the fine-tuned similarities where the pre-trained ones belong",
+        "proxyfda/losses/proxy_fda.py", "gen.pool(gram.gather(1, order), sims_pre.gather(1, order),",
+        "gen.pool(sims_pre.gather(1, order), gram.gather(1, order),",
+        "tests/test_proxies.py::test_an_untrained_generator_estimates_the_pooled_pretrained_similarity"),
+    Bug("proxies laid out in the wrong order in the loss's pair tensor", "proxyfda/losses/proxy_fda.py",
+        "slot_pos = (torch.arange(q, device=x.device) < gen.n_proxies)",
+        "slot_pos = (torch.arange(q, device=x.device) >= gen.n_proxies)",
+        "tests/test_proxies.py::test_each_proxy_sits_in_its_own_column_of_the_pair_table"),
+    Bug("a method table entry with the wrong sampler", "proxyfda/methods.py",
+        'strength="weight", sampler="balanced", needs_pretrained_features=True),',
+        'strength="weight", sampler="epoch", needs_pretrained_features=True),',
+        "tests/test_method_table.py::test_each_method_row_is_its_published_definition"),
+    Bug("weight decay applied where the optimiser must not decay", "proxyfda/training.py",
+        'if id(p) not in ids], "weight_decay": 0.0})', 'if id(p) not in ids]})',
+        "tests/test_method_table.py::test_weight_decay_reaches_the_encoder_and_head_only"),
+    Bug("a replacement that deletes the old run before the new one is in place", "proxyfda/runs.py",
+        "        os.rename(self.target, old)\n", "        shutil.rmtree(self.target)\n",
+        "tests/test_run_safety.py::test_a_swap_that_fails_at_either_rename_leaves_the_old_run_whole_at_its_name"),
+    Bug("a lock that is created but never taken", "proxyfda/runs.py",
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
+        "tests/test_run_safety.py::test_a_second_writer_fails_at_once_naming_the_first"),
+    Bug("an app field that shows one input where another belongs", "app/drift_controls.py",
+        'st.text_input("Pre-trained encoder", key=_key("pretrained"),',
+        'st.text_input("Pre-trained encoder", key=_key("finetuned"),',
+        "tests/test_app_controls.py::test_every_field_of_a_drift_link_lands_in_its_own_widget"),
+    Bug("an HTML report that prints a user-supplied string unescaped", "proxyfda/report_html.py",
+        "return html.escape(str(value), quote=True)", "return str(value)",
+        "tests/test_report_html.py::test_every_place_a_user_string_reaches_is_escaped"),
+)
+
+
+def plant(bug: Bug, tree: Path) -> None:
+    source = (ROOT / bug.path).read_text()
+    if source.count(bug.old) != 1:
+        raise SystemExit(f"{bug.path}: the line to change ({bug.old!r}) is not there exactly once; update BUGS")
+    (tree / bug.path).write_text(source.replace(bug.old, bug.new))
+
+
+def caught(bug: Bug, tree: Path) -> bool:
+    """Whether the bug's test fails (and fails as a test, not because it could not be collected)."""
+    plant(bug, tree)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", bug.test],
+                              cwd=tree, capture_output=True, text=True)
+    finally:
+        shutil.copy2(ROOT / bug.path, tree / bug.path)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"{bug.test} did not run (pytest exit {done.returncode}):\n{done.stdout[-2000:]}")
+    return done.returncode == 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the bugs and their tests, run nothing")
+    args = parser.parse_args(argv)
+    if args.list:
+        for bug in BUGS:
+            print(f"{bug.what}\n    {bug.path}: {bug.old!r} -> {bug.new!r}\n    caught by {bug.test}")
+        return 0
+    missed = 0
+    with tempfile.TemporaryDirectory(prefix="proxyfda-planted-") as scratch:
+        tree = Path(scratch) / "project"
+        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", "mutants", ".hypothesis", "__pycache__",
+                                                                  "screenshots", "*.egg-info"))
+        for bug in BUGS:
+            ok = caught(bug, tree)
+            missed += not ok
+            print(f"{'caught' if ok else 'MISSED'}  {bug.what}  ({bug.test})", flush=True)
+    print(f"{len(BUGS) - missed} of {len(BUGS)} planted bugs caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
