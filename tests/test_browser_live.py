@@ -39,6 +39,7 @@ def test_start_watch_stop_and_play_a_run(tmp_path):
         page.get_by_role("button", name="Open in the Drift Explorer").click()
         # the Live page draws plots too (curves, the trade-off sweep): first wait until the page has changed
         page.wait_for_function("location.href.includes('finetuned=')", timeout=120_000, polling=250)
+        page.get_by_role("heading", name="Drift Explorer").wait_for(timeout=120_000)  # not the Live page's plots
         page.wait_for_function(MAPS_DRAWN, timeout=900_000, polling=250)
         assert f"finetuned=run%3A{run_dir}".replace("/", "%2F") in page.url or f"run:{run_dir}" in page.url
 

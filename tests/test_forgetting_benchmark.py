@@ -4,7 +4,8 @@ probed on held-out Fashion-MNIST.
 Whether 40 steps of naive fine-tuning lower the held-out probe is a finding, not a fixed fact: ΔLP came
 out −2.4 points on one machine, −0.4 on another and exactly 0.0 on a third, each within a few images of
 500. So the test checks what does not depend on that noise: the report's own arithmetic, and a run whose
-answer is known exactly (WiSE-FT at α = 0 is the pre-trained encoder: no forgetting, no distance).
+answer is known exactly (WiSE-FT at α = 0 is the pre-trained encoder: no forgetting, no distance); it probes
+on conftest's QUICK_PROBE (600 images) rather than the benchmark's 1,500.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import QUICK_PROBE, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -22,10 +23,11 @@ import forgetting  # noqa: E402
 
 
 @pytest.mark.slow  # real fine-tunes and probes
-def test_quick_forgetting_benchmark(tmp_path, capsys):
+def test_quick_forgetting_benchmark(tmp_path, capsys, monkeypatch):
     from proxyfda.forgetting import forgetting_report
     from proxyfda.interpolation import wise_run
 
+    monkeypatch.setattr(forgetting, "QUICK_HELD_OUT", QUICK_PROBE)
     runs = tmp_path / "runs"
     assert forgetting.main(["--quick", "--runs-dir", str(runs), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import QUICK_PROBE, ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -70,6 +70,7 @@ def test_correlations_come_with_bootstrap_intervals():
 def test_quick_sweep_writes_every_run_the_table_and_the_plot(tmp_path, monkeypatch):
     # 12 steps instead of --quick's 40, and one FDA strength instead of two: what is checked here is the
     # plumbing (runs, table, plot), not how much they forget, and the suite must stay under 20 minutes
+    monkeypatch.setattr(tradeoff, "QUICK_HELD_OUT", QUICK_PROBE)
     monkeypatch.setattr(tradeoff, "QUICK", tradeoff.QUICK[:2] + (tradeoff.Sweep("fda", "weight", (3.0,), "ours"),))
     assert tradeoff.main(["--quick", "--steps", "12", "--runs-dir", str(tmp_path / "runs"),
                           "--out", str(tmp_path / "out")]) == 0
