@@ -60,6 +60,13 @@ def session_cache(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def runs_dir(monkeypatch, tmp_path) -> Path:
+    """A test's own runs folder (PROXYFDA_RUNS), for pages that list or start runs."""
+    monkeypatch.setenv("PROXYFDA_RUNS", str(tmp_path))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A completed run directory written by proxyfda's own fine-tuning loop."""

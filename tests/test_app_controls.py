@@ -11,12 +11,6 @@ from conftest import ROOT
 PAGE = str(ROOT / "pages" / "drift_explorer.py")
 
 
-@pytest.fixture
-def runs_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("PROXYFDA_RUNS", str(tmp_path))
-    return tmp_path
-
-
 #: a link naming every DriftConfig field, each with a value of its own, and the widget that must show it
 EVERY_FIELD = {"data": ("text_input", "digits:test"), "n": ("number_input", 120), "k": ("slider", 7),
                "image_size": ("number_input", 48), "pretrained": ("text_input", "efficientnet-lite0:{tmp}/pre.pth"),

@@ -17,12 +17,6 @@ TINY = {"live.cfg.data": "digits:train", "live.cfg.eval_data": "digits:test", "l
 SMALL_DRIFT = {"drift.cfg.data": "digits:test", "drift.cfg.n": 120, "drift.cfg.k": 5}
 
 
-@pytest.fixture
-def runs_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("PROXYFDA_RUNS", str(tmp_path))
-    return tmp_path
-
-
 def live_page(**state) -> AppTest:
     """The app from its router, on the Live fine-tune page (so page links resolve as in the browser)."""
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
