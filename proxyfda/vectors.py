@@ -170,8 +170,7 @@ def _csv_vectors(path: Path, column: str | None) -> np.ndarray:
                             "e.g. DataFrame.to_csv(path, index=False)") from None
     names = [str(name) for name in frame.columns]
     frame.columns = names
-    vector_columns = [name for name in names if not pd.api.types.is_numeric_dtype(frame[name])
-                      and frame[name].dropna().astype(str).str.lstrip().str.startswith("[").any()]
+    vector_columns = [name for name in names if frame[name].dropna().astype(str).str.lstrip().str.startswith("[").any()]
     wide = bool(names) and all(pd.api.types.is_numeric_dtype(frame[name]) for name in names)
     chosen = _choose_column(path, column, names, vector_columns, wide)
     if chosen is None:
@@ -188,11 +187,11 @@ def _choose_column(path: Path, column: str | None, names: list[str], vector_colu
             raise ProxyFDAError(f"'{path}' has no column '{column}'; its columns are: {listed}. "
                                 f"Name one as {path.name}#COLUMN")
         return column
-    if len(vector_columns) == 1:
-        return vector_columns[0]
     if len(vector_columns) > 1:
         raise ProxyFDAError(f"'{path}' has several vector columns ({', '.join(vector_columns)}): name the one to "
                             f"compare as {path.name}#COLUMN, e.g. {path.name}#{vector_columns[0]}")
+    if vector_columns:
+        return vector_columns[0]
     if wide:
         return None
     raise ProxyFDAError(f"'{path}' has no column of vectors and is not all numbers (its columns are: {listed}): "
@@ -206,7 +205,7 @@ def _parse_vector_strings(cells: list, path: Path, column: str) -> np.ndarray:
     numbers is named by its row."""
     rows = []
     for i, cell in enumerate(cells):
-        text = cell.strip() if isinstance(cell, str) else ""
+        text = str(cell).strip()
         if not (text.startswith("[") and text.endswith("]")):
             raise ProxyFDAError(f"row {i} of column '{column}' in '{path}' is {cell!r}, not a vector like "
                                 "\"[0.1, 0.2, ...]\": every row needs one; drop that row from every file or fix it")
@@ -214,12 +213,12 @@ def _parse_vector_strings(cells: list, path: Path, column: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # np.fromstring only warns when it stops at text that is not a number
             try:
-                rows.append(np.fromstring(body, dtype=np.float64, sep=" ") if body.strip() else np.empty(0))
+                rows.append(np.fromstring(body, sep=" ") if body.strip() else np.empty(0))
             except (DeprecationWarning, ValueError):
                 raise ProxyFDAError(f"row {i} of column '{column}' in '{path}' holds something that is not a real "
                                     f"number ({text[:60]!r}{'...' if len(text) > 60 else ''}): write the vectors "
                                     "as plain decimal numbers") from None
-    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    lengths = np.array([len(row) for row in rows])
     _check_lengths(lengths, path, column)
     return np.stack(rows) if rows else np.empty((0, 0))
 
@@ -241,7 +240,7 @@ def _checked(array: np.ndarray, path: Path, column: str | None) -> np.ndarray:
         raise ProxyFDAError(f"{where} holds complex numbers ({array.dtype}): cosine neighbourhoods need real vectors; "
                             "save np.abs(x), x.real, or np.concatenate([x.real, x.imag], axis=1)")
     if kind not in "fiub":
-        what = {"U": "strings", "S": "bytes", "O": "Python objects", "M": "dates", "m": "time spans"}.get(kind,
+        what = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans"}.get(kind,
                                                                                                        str(array.dtype))
         raise ProxyFDAError(f"{where} holds {what} ({array.dtype}), not numbers: save the embeddings as a numeric "
                             "array of floats, e.g. np.save(path, np.asarray(x, dtype=np.float32))")
@@ -254,7 +253,7 @@ def _checked(array: np.ndarray, path: Path, column: str | None) -> np.ndarray:
                             f"it looks like {hint}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ProxyFDAError(f"{where} is empty (shape {array.shape}): it needs at least one point and one feature")
-    if kind != "f" or array.dtype.itemsize < 4:
+    if array.dtype != np.float64:  # integers, booleans, half and long floats become the drift route's float32
         array = array.astype(np.float32)
     array = np.ascontiguousarray(array)
     bad = ~np.isfinite(array).all(axis=1)
@@ -297,7 +296,7 @@ def load_labels(source: str) -> tuple[np.ndarray, list[str]]:
     if values.dtype.kind in "iu":
         ids, labels = np.unique(values, return_inverse=True)
         return labels.astype(np.int64), [str(i) for i in ids.tolist()]
-    names = np.array(["" if v is None else str(v).strip() for v in values.tolist()], dtype=object)
+    names = np.array(["" if v is None else str(v).strip() for v in values.tolist()])
     missing = np.array([n == "" or n.lower() == "nan" for n in names])
     if missing.any():
         raise ProxyFDAError(f"{where} has {int(missing.sum())} missing label(s) {_rows(missing)}: give every point "
@@ -320,7 +319,7 @@ def _read_labels(path: Path, column: str | None) -> np.ndarray:
         try:
             return np.array([float(line) for line in lines])
         except ValueError:
-            return np.array(lines, dtype=object)
+            return np.array(lines)
     import pandas as pd
 
     try:
@@ -341,8 +340,9 @@ def _read_labels(path: Path, column: str | None) -> np.ndarray:
         raise ProxyFDAError(f"'{path}' has no column '{column}'; its columns are: {', '.join(names)}. Name one as "
                             f"{path.name}#COLUMN")
     series = frame[column]
-    return series.to_numpy() if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series) \
-        else series.astype(object).where(series.notna(), None).to_numpy()
+    if pd.api.types.is_numeric_dtype(series):  # booleans too: their names become "False" and "True"
+        return series.to_numpy()
+    return series.astype(object).where(series.notna(), None).to_numpy()
 
 
 def describe(source: str) -> str:

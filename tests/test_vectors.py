@@ -163,13 +163,77 @@ def test_labels_files_of_each_kind(tmp_path):
         load_labels(str(tmp_path / "two.csv"))
     assert load_labels(f"{tmp_path / 'two.csv'}#y2")[1] == ["a", "b"]
     pd.DataFrame({"label": ["a", None, "b"]}).to_csv(tmp_path / "gap.csv", index=False)
-    with pytest.raises(ProxyFDAError, match=r"gap\.csv' has 1 missing label\(s\) \(rows 1\): give every point a class"):
+    with pytest.raises(ProxyFDAError, match=r"^'.*gap\.csv' has 1 missing label\(s\) \(rows 1\): give every point a class"):
         load_labels(str(tmp_path / "gap.csv"))
+
+
+def write_labels(path, content) -> str:
+    """``content`` saved as ``path``'s type: an array to .npy, text to .txt, columns to .csv."""
+    if path.suffix == ".npy":
+        np.save(path, content)
+    elif path.suffix == ".txt":
+        path.write_text(content)
+    else:
+        pd.DataFrame(content).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, content, ids, names", [
+    ("column.npy", np.array([[5], [2], [5]]), [1, 0, 1], ["2", "5"]),  # an [N, 1] array is one class per point
+    ("one.npy", np.array([4]), [0], ["4"]),
+    ("floats.npy", np.array([2.0, 10.0, 2.0]), [0, 1, 0], ["2", "10"]),  # whole floats are ids, ordered as numbers
+    ("small.npy", np.array([3, 1], dtype=np.uint8), [1, 0], ["1", "3"]),
+    ("numbers.txt", "10\n9\n10\n", [1, 0, 1], ["9", "10"]),
+    ("words.npy", np.array(["b", "a"]), [1, 0], ["a", "b"]),
+    ("only.csv", {"cls": [10, 9, 10]}, [1, 0, 1], ["9", "10"]),  # a single column is taken whatever its name
+    ("flags.csv", {"flag": [True, False, True]}, [1, 0, 1], ["False", "True"]),
+])
+def test_labels_become_ids_in_the_order_of_their_names(tmp_path, name, content, ids, names):
+    got_ids, got_names = load_labels(write_labels(tmp_path / name, content))
+    assert got_ids.dtype == np.int64 and got_ids.tolist() == ids and got_names == names
+
+
+@pytest.mark.parametrize("source, content, message", [
+    ("wide.npy", np.ones((3, 2)), r"'.*wide\.npy' has shape \(3, 2\): a labels file holds one class per point"),
+    ("none.npy", np.ones(0), r"'.*none\.npy' holds no labels"),
+    ("complex.npy", np.array([1 + 1j]), r"'.*complex\.npy' holds complex numbers"),
+    ("gaps.npy", np.array([1.0, np.nan, 2.0, np.nan]), r"'.*gaps\.npy' has 2 missing label\(s\) \(rows 1, 3\)"),
+    ("halves.npy", np.array([1.0, 1.5, 2.0]), r"'.*halves\.npy' holds numbers that are not whole \(rows 1\)"),
+    ("nan.txt", "dog\nNaN\ncat\n", r"'.*nan\.txt' has 1 missing label\(s\) \(rows 1\)"),
+    ("two.csv#y", {"label": ["a", "b"], "y": [1.0, 1.5]},
+     r"column 'y' of '.*two\.csv' holds numbers that are not whole \(rows 1\)"),
+    ("objects.npy", np.array(["a", None], dtype=object),
+     r"'.*objects\.npy' cannot be read as a \.npy array \(.*\): save the labels with np\.save as numbers or strings"),
+    ("labels.h5", None, r"the labels file '.*labels\.h5' has the type '\.h5', which proxyfda cannot read: save it as "
+                        r"\.npy, \.txt, \.csv, \.parquet \(one class name or id per point\)"),
+])
+def test_bad_labels_files_are_named_with_the_fix(tmp_path, source, content, message):
+    name = source.split("#")[0]
+    if name.endswith(".npy") and content is not None and content.dtype == object:
+        np.save(tmp_path / name, content, allow_pickle=True)
+    elif content is not None:
+        write_labels(tmp_path / name, content)
+    with pytest.raises(ProxyFDAError, match="^" + message):
+        load_labels(str(tmp_path / source))
 
 
 def npy(tmp_path, name, x):
     np.save(tmp_path / name, x)
     return str(tmp_path / name)
+
+
+def pq_write(path, columns: dict) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def pa_list(rows):
+    import pyarrow as pa
+
+    return pa.array(rows, type=pa.list_(pa.float32()))
 
 
 GOOD = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
@@ -189,7 +253,19 @@ GOOD = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
     (lambda p: npy(p, "complex.npy", GOOD.astype(np.complex64)),
      r"'.*complex\.npy' holds complex numbers \(complex64\): .*save np\.abs\(x\), x\.real"),
     (lambda p: npy(p, "flat.npy", GOOD[:, 0]),
-     r"'.*flat\.npy' is a 1-D array of shape \(30,\), not \[N points, d features\]: .*x\.reshape\(-1, 1\)"),
+     r"'.*flat\.npy' is a 1-D array of shape \(30,\), not \[N points, d features\]: it looks like a single vector or "
+     r"one number per point: save an \[N, d\] array, e\.g\. x\.reshape\(len\(x\), -1\) \(or x\.reshape\(-1, 1\) for one "
+     r"number per point\)$"),
+    (lambda p: npy(p, "scalar.npy", np.float32(3.0)), r"'.*scalar\.npy' is a 0-D array of shape \(\), .*\(or x\.reshape"),
+    (lambda p: npy(p, "records.npy", np.zeros(3, dtype=[("a", "<f4")])),
+     r"'.*records\.npy' holds \[\('a', '<f4'\)\] \(\[\('a', '<f4'\)\]\), not numbers"),
+    (lambda p: (p / "header.csv").write_text("v\n") and str(p / "header.csv#v"),
+     r"column 'v' of '.*header\.csv' is empty \(shape \(0, 0\)\)"),
+    (lambda p: (p / "gap.csv").write_text('id,v\n0,"[1, 2]"\n1,\n') and str(p / "gap.csv"),
+     r"row 1 of column 'v' in '.*gap\.csv' is nan, not a vector like \"\[0\.1, 0\.2, \.\.\.\]\""),
+    (lambda p: pq_write(p / "none.parquet", {}) + "#x", r"'.*none\.parquet' has no column 'x'; its columns are: none\."),
+    (lambda p: pq_write(p / "rowless.parquet", {"v": pa_list([])}),
+     r"'.*rowless\.parquet' is empty \(shape \(0, 0\)\)"),
     (lambda p: npy(p, "tokens.npy", GOOD.reshape(30, 2, 2)),
      r"'.*tokens\.npy' is a 3-D array of shape \(30, 2, 2\).*flatten the trailing axes.*x\.mean\(axis=1\)"),
     (lambda p: npy(p, "empty.npy", np.empty((0, 4), np.float32)),
@@ -231,7 +307,7 @@ GOOD = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
      r"'.*mixed\.parquet' has no column of vectors and is not all numbers \(its columns are: name, x\)"),
 ])
 def test_bad_files_are_named_with_the_fix(tmp_path, make, message):
-    with pytest.raises(ProxyFDAError, match=message):
+    with pytest.raises(ProxyFDAError, match="^" + message):  # from its first word: a file is not called a column
         load_vectors(make(tmp_path))
 
 
