@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.linked_maps import map_figure, selection_ids
 from app.session import FOCUS_KEY, SELECTION_KEY, TAB_KEY
 from conftest import ROOT, TINY_FINETUNE
 from proxyfda.drift import compute_drift
@@ -136,35 +135,6 @@ def test_the_page_says_when_the_set_holds_fewer_images_than_asked(tiny_default, 
     at = page(**{"drift.cfg.n": 5000})
     assert not at.exception
     assert any("asked for 5,000 images but digits:test holds only 359" in i.value for i in at.info)
-
-
-def test_selection_parser_reads_row_ids_from_custom_data():
-    event = {"selection": {"points": [{"curve_number": 0, "point_index": 12, "customdata": 12},
-                                      {"curve_number": 0, "point_index": 3, "customdata": 3},
-                                      {"curve_number": 1, "point_index": 0, "customdata": [12]},
-                                      {"curve_number": 2, "point_index": 0}]}}
-    assert selection_ids(event) == [12, 3]
-    assert selection_ids(None) == [] and selection_ids({"selection": {"points": []}}) == []
-    assert selection_ids(event["selection"]) == [12, 3]  # the selection itself, without its wrapper
-    # Streamlit hands back attribute dictionaries: read by attribute; a point without a row id is skipped
-    from types import SimpleNamespace
-
-    points = [{"customdata": 5}, {"curve_number": 1}, {"customdata": [8]}]
-    assert selection_ids(SimpleNamespace(selection=SimpleNamespace(points=points))) == [5, 8]
-    assert selection_ids(SimpleNamespace(selection=SimpleNamespace())) == []
-    assert selection_ids(SimpleNamespace()) == []
-
-
-def test_map_figure_keeps_every_point_in_one_trace_with_row_ids():
-    rng = np.random.default_rng(0)
-    coords = rng.normal(size=(30, 2))
-    labels = np.arange(30) % 3
-    fig = map_figure(coords, "A", labels=labels, class_names=["a", "b", "c"], overlap=rng.random(30),
-                     l2=rng.random(30), color_by="class", selected=[2, 9], focus=4, focus_neighbours=[1, 2])
-    points = fig.data[0]
-    assert len(points.x) == 30 and list(points.customdata) == list(range(30))
-    assert list(points.selectedpoints) == [2, 9]
-    assert [t.name for t in fig.data] == ["points", "neighbours", "focus"]
 
 
 @pytest.mark.slow  # fits UMAP on three snapshots

@@ -120,3 +120,17 @@ def test_the_open_tab_and_the_focused_point_travel_in_the_address(address, fresh
     session.tab_from_url(labels)
     session.focus_from_url()
     assert fresh_state[session.TAB_KEY] == "Class drift" and fresh_state[session.FOCUS_KEY] == 23
+
+
+def test_kept_page_values_are_written_back_and_return_from_their_copy(monkeypatch):
+    """A plain dictionary stands in for the session: every kept page's value gets a copy under `SHADOW`, a value
+    Streamlit dropped comes back from its copy, a newer value wins over an older copy, and buttons, other keys
+    and non-string keys are left alone."""
+    from types import SimpleNamespace
+
+    state = {"drift.cfg.k": 20, "kept:drift.cfg.k": 10, "teach.lr": 0.1, "teach.step10": True,
+             "kept:live.cfg.steps": 50, "other": 1, 3: "x"}
+    monkeypatch.setattr(session, "st", SimpleNamespace(session_state=state))
+    session.keep_widget_values()
+    assert state == {"drift.cfg.k": 20, "kept:drift.cfg.k": 20, "teach.lr": 0.1, "kept:teach.lr": 0.1,
+                     "teach.step10": True, "live.cfg.steps": 50, "kept:live.cfg.steps": 50, "other": 1, 3: "x"}

@@ -3,10 +3,12 @@ hover says and how the selection and the focus are marked, checked point by poin
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from app.linked_maps import MAP_POINTS, QUALITATIVE, map_figure
+from app.linked_maps import MAP_POINTS, QUALITATIVE, map_figure, selection_ids
 
 N = 12
 CLASSES = ["cat", "dog", "eel"]
@@ -111,3 +113,39 @@ def test_a_sample_is_every_point_up_to_its_budget_and_exactly_its_budget_beyond(
     np.testing.assert_array_equal(shown, map_sample(overlap, budget=100, seed=0))  # seed 0 by default
     many = list(range(50, 250))  # more rows must be drawn than the budget: those, and nothing at random
     assert map_sample(overlap, many, budget=100).tolist() == sorted({*range(10), *many})
+
+
+def test_selection_parser_reads_row_ids_from_custom_data():
+    event = {"selection": {"points": [{"curve_number": 0, "point_index": 12, "customdata": 12},
+                                      {"curve_number": 0, "point_index": 3, "customdata": 3},
+                                      {"curve_number": 1, "point_index": 0, "customdata": [12]},
+                                      {"curve_number": 2, "point_index": 0}]}}
+    assert selection_ids(event) == [12, 3]
+    assert selection_ids(None) == [] and selection_ids({"selection": {"points": []}}) == []
+    assert selection_ids(event["selection"]) == [12, 3]  # the selection itself, without its wrapper
+    # Streamlit hands back attribute dictionaries: read by attribute; a point without a row id is skipped
+    points = [{"customdata": 5}, {"curve_number": 1}, {"customdata": [8]}]
+    assert selection_ids(SimpleNamespace(selection=SimpleNamespace(points=points))) == [5, 8]
+    assert selection_ids(SimpleNamespace(selection=SimpleNamespace())) == []
+    assert selection_ids(SimpleNamespace()) == []
+
+
+def test_map_figure_keeps_every_point_in_one_trace_with_row_ids():
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(30, 2))
+    labels = np.arange(30) % 3
+    fig = map_figure(coords, "A", labels=labels, class_names=["a", "b", "c"], overlap=rng.random(30),
+                     l2=rng.random(30), color_by="class", selected=[2, 9], focus=4, focus_neighbours=[1, 2])
+    points = fig.data[0]
+    assert len(points.x) == 30 and list(points.customdata) == list(range(30))
+    assert list(points.selectedpoints) == [2, 9]
+    assert [t.name for t in fig.data] == ["points", "neighbours", "focus"]
+
+
+def test_the_most_drifted_among_tied_rows_are_the_first_rows():
+    from app.linked_maps import DRIFTED_SHARE, map_sample
+
+    overlap = np.random.default_rng(0).integers(0, 4, 3000) / 3  # four levels: many ties at the cut
+    shown = set(map_sample(overlap, budget=1000).tolist())
+    drifted = np.flatnonzero(overlap == 0)[: int(1000 * DRIFTED_SHARE)]  # lowest overlap, then lowest row id
+    assert set(drifted.tolist()) <= shown
