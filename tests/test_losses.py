@@ -244,3 +244,68 @@ def test_presets_set_the_defaults_and_explicit_options_win():
     assert FDALoss(k=3, preset="paper")(x, x_pre).item() != pytest.approx(FDALoss(k=3)(x, x_pre).item())
     with pytest.raises(ProxyFDAError, match="unknown preset 'papr'"):
         FDALoss(preset="papr")
+
+
+# three anchors, three others each: anchor 0 has one valid positive and one valid negative, anchor 1 two
+# positives and a negative, anchor 2 a single valid pair (a negative); τ = 0.5 and one bias per anchor
+PAIRS = dict(sims=[[0.9, 0.2, -0.1], [0.5, 0.4, 0.3], [0.1, 0.3, 0.0]],
+             weights=[[0.8, -1.0, -0.5], [0.6, 0.7, -1.0], [0.5, -1.0, -1.0]],
+             positive=[[True, False, False], [True, True, False], [False, False, False]],
+             valid=[[True, True, False], [True, True, True], [False, True, False]])
+PAIR_TAU, PAIR_BIAS = 0.5, [1.0, 2.0, 0.5]
+
+
+def hand_pair_terms(reduction):
+    """Per anchor (positive part, negative part) of softplus(w · (b − s/τ)), written out pair by pair."""
+    out = []
+    for i, b in enumerate(PAIR_BIAS):
+        pos, neg = [], []
+        for s, w, p, v in zip(*(PAIRS[name][i] for name in ("sims", "weights", "positive", "valid"))):
+            if v:
+                (pos if p else neg).append(_softplus(w * (b - s / PAIR_TAU)))
+        if reduction == "paper":
+            out.append((sum(pos) / (len(pos) + len(neg)), sum(neg) / (len(pos) + len(neg))))
+        else:
+            out.append((sum(pos) / max(len(pos), 1), sum(neg) / max(len(neg), 1)))
+    return out
+
+
+def pair_tensors():
+    sims, weights = (torch.tensor(PAIRS[name]) for name in ("sims", "weights"))
+    positive, valid = (torch.tensor(PAIRS[name]) for name in ("positive", "valid"))
+    return sims, weights, positive, valid, torch.tensor(PAIR_TAU), torch.tensor(PAIR_BIAS).reshape(-1, 1)
+
+
+@pytest.mark.parametrize("reduction", ["paper", "balanced"])
+def test_sigmoid_terms_per_anchor_match_a_hand_computation(reduction):
+    from proxyfda.losses.fda import weighted_sigmoid_loss
+
+    terms = weighted_sigmoid_loss(*pair_tensors(), reduction=reduction)
+    expected = hand_pair_terms(reduction)
+    assert terms.pos.tolist() == pytest.approx([p for p, _ in expected], rel=1e-6)
+    assert terms.neg.tolist() == pytest.approx([n for _, n in expected], rel=1e-6)
+    assert terms.loss.tolist() == pytest.approx([p + n for p, n in expected], rel=1e-6)
+
+
+def test_pair_records_are_the_pairs_and_anchor_zeros_counts():
+    from proxyfda.losses.fda import record_pair_stats, weighted_sigmoid_loss
+
+    sims, weights, positive, valid, tau, bias = pair_tensors()
+    terms = weighted_sigmoid_loss(sims, weights, positive, valid, tau, bias, reduction="balanced")
+    loss = FDALoss()
+    loss.record_detail = True
+    record_pair_stats(loss, sims, weights, positive, valid, tau, bias, terms)
+    r = loss.records
+    for name, key in [("pair_sim_ft", "sims"), ("pair_weight", "weights"), ("pair_positive", "positive"),
+                      ("pair_valid", "valid")]:
+        torch.testing.assert_close(r[name], torch.tensor(PAIRS[key]))
+    assert r["anchor_threshold"].tolist() == pytest.approx([b * PAIR_TAU for b in PAIR_BIAS])
+    assert r["anchor_loss_pos"].tolist() == pytest.approx([p for p, _ in hand_pair_terms("balanced")], rel=1e-6)
+    assert r["anchor_loss_neg"].tolist() == pytest.approx([n for _, n in hand_pair_terms("balanced")], rel=1e-6)
+    assert r["pairs_per_anchor"] == (1, 1)  # anchor 0's valid positives and negatives
+    assert r["pos_sim_ft"] == pytest.approx((0.9 + 0.5 + 0.4) / 3)
+    assert r["neg_sim_ft"] == pytest.approx((0.2 + 0.3 + 0.3) / 3)
+    assert r["pos_weight_mean"] == pytest.approx((0.8 + 0.6 + 0.7) / 3)
+    assert r["neg_weight_mean"] == pytest.approx((-1.0 - 1.0 - 1.0) / 3)
+    assert (r["tau"], r["bias"]) == pytest.approx((0.5, (1.0 + 2.0 + 0.5) / 3))
+    assert r["threshold"] == pytest.approx(PAIR_TAU * (1.0 + 2.0 + 0.5) / 3)

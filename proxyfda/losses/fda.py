@@ -96,10 +96,9 @@ def weighted_sigmoid_loss(sims: torch.Tensor, weights: torch.Tensor, positive: t
     ``bias`` is a scalar or [B, 1] (one threshold per anchor).
     """
     pair = F.softplus(weights * (bias - sims / tau))
-    pos = (positive & valid).to(pair.dtype)
-    neg = (~positive & valid).to(pair.dtype)
+    pos, neg = positive & valid, ~positive & valid
     if reduction == "paper":
-        count = valid.sum(dim=1).clamp(min=1).to(pair.dtype)
+        count = valid.sum(dim=1).clamp(min=1)
         pos_part, neg_part = (pair * pos).sum(1) / count, (pair * neg).sum(1) / count
     else:
         pos_part = (pair * pos).sum(1) / pos.sum(1).clamp(min=1)
