@@ -170,3 +170,20 @@ def test_ldifs_original_form_compares_tapped_activations_per_element():
         loss([], [])
     with pytest.raises(ProxyFDAError, match="lists of activations"):
         loss(got[0], got_pre[0])  # features instead of tap lists
+
+
+def test_ldifs_on_taps_is_ten_by_default_as_published_and_refuses_a_negative_strength():
+    assert LDIFSLoss().alpha == 10.0  # Mukhoti et al.'s λ for LDIFS
+    with pytest.raises(ProxyFDAError, match=r"^alpha must be >= 0.0, got -1$"):
+        LDIFSLoss(alpha=-1)
+
+
+def test_the_reference_follows_the_model_to_its_device():
+    """The meta device stands in for a GPU on a machine without one: a reference left on the CPU could not be
+    subtracted from the parameters there."""
+    net = small_net()
+    reg = L2SPLoss(net.state_dict(), alpha=1.0)
+    reg.record_stats = False  # a record is a number read back, which a meta tensor does not hold
+    loss = reg(net.to("meta"))
+    assert loss.device.type == "meta"
+    assert {reg.reference[name].device.type for name, _ in net.named_parameters()} == {"meta"}

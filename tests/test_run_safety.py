@@ -245,6 +245,20 @@ def test_a_writer_that_has_not_yet_written_its_pid_is_still_named_as_busy(tmp_pa
     assert "(pid 4242)" in _busy_message(tmp_path, 4242)
 
 
+@pytest.mark.parametrize("content, pid", [(b"4242\n", 4242), (b"", 0), (b"\xff\xfe\n", 0), (b"12ab\n", 0)])
+def test_a_lock_file_names_its_holder_only_when_it_holds_a_whole_pid(tmp_path, content, pid):
+    """A lock file a writer has created but not yet written, or one holding anything else, names no process
+    (pid 0: not pid 1, which is always alive)."""
+    from proxyfda.runs import _read_pid
+
+    (tmp_path / LOCK).write_bytes(content)
+    fd = os.open(tmp_path / LOCK, os.O_RDONLY)
+    try:
+        assert _read_pid(fd) == pid
+    finally:
+        os.close(fd)
+
+
 def test_two_writers_in_one_process_exclude_each_other_and_the_live_page_says_why(tmp_path):
     """Two app sessions share a process: the lock holds between them too, and a Live job that meets a held
     folder fails with the sentence (shown by the page), not a traceback."""
