@@ -410,20 +410,27 @@ def encoder_features(spec: str, images: ImageSet, image_size: int | None,
 def drift_features(config: DriftConfig, images: ImageSet, progress: StageProgress | None = None,
                    make_encoder: EncoderFactory | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pre-trained and fine-tuned features of ``images``, as ``config`` names the encoders."""
-    say = progress or (lambda message, fraction: None)
-    feats = []
+    halves = [(("pre-trained", config.pretrained), 0.0), (("fine-tuned", config.finetuned), 0.5)]
+    feats = [encoder_features(spec, images, config.image_size, _embedding_progress(progress, role, spec, start, 0.5),
+                              make_encoder) for (role, spec), start in halves]
+    return feats[0], feats[1]
+
+
+def _embedding_progress(progress: StageProgress | None, role: str, spec: str, start: float,
+                        span: float) -> Callable[[int, int], None]:
+    """The (done, total) callback of `encoder_features` as a stage from ``start`` to ``start + span``, saying
+    whether the ``role`` encoder embeds the images or its features are read from an embedding file."""
     from .encoders import vectors_source
 
-    for i, (role, spec) in enumerate((("pre-trained", config.pretrained), ("fine-tuned", config.finetuned))):
-        source = vectors_source(spec)
+    say = progress or (lambda message, fraction: None)
+    source = vectors_source(spec)
 
-        def report(done: int, total: int, i: int = i, role: str = role, source: str | None = source) -> None:
-            what = (f"Reading the {role} embeddings from {source}" if source
-                    else f"Embedding {total} images with the {role} encoder")
-            say(f"{what}: {done}/{total}", (i + done / total) / 2)
+    def report(done: int, total: int) -> None:
+        what = (f"Reading the {role} embeddings from {source}" if source
+                else f"Embedding {total} images with the {role} encoder")
+        say(f"{what}: {done}/{total}", start + span * done / total)
 
-        feats.append(encoder_features(spec, images, config.image_size, report, make_encoder))
-    return feats[0], feats[1]
+    return report
 
 
 def compare_features(config: DriftConfig, images: ImageSet, progress: StageProgress | None = None,
@@ -431,11 +438,7 @@ def compare_features(config: DriftConfig, images: ImageSet, progress: StageProgr
     """The features of ``images`` under the second fine-tuned encoder, ``config.compare``."""
     if not config.compare:
         raise ProxyFDAError("no second fine-tuned encoder to compare with: set compare (e.g. run:<dir>)")
-    say = progress or (lambda message, fraction: None)
-
-    def report(done: int, total: int) -> None:
-        say(f"Embedding {total} images with the second fine-tuned encoder: {done}/{total}", done / total)
-
+    report = _embedding_progress(progress, "second fine-tuned", config.compare, 0.0, 1.0)
     return encoder_features(config.compare, images, config.image_size, report, make_encoder)
 
 

@@ -41,6 +41,8 @@ settings.register_profile("explore", max_examples=500, deadline=None)
 settings.register_profile("mutants", max_examples=8, derandomize=True, database=None, deadline=None)
 MUTATION_RUN = "MUTANT_UNDER_TEST" in os.environ
 settings.load_profile("mutants" if MUTATION_RUN else "default")
+if MUTATION_RUN:  # imported by the first optimiser step (5 s): once in mutmut's fork server, not once per mutant
+    import torch._dynamo  # noqa: F401
 
 #: torch's intra-op threads in tests (the machines that run the suite have two cores; a mutation run keeps both
 #: busy with one test process each)

@@ -324,7 +324,7 @@ def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
     labels = np.repeat(np.arange(4), 20)
     names = ["a", "b", "c", "d"]
     both = three_way(compute_drift(x_a, x_b, labels, names, 6), compute_drift(x_a, x_c, labels, names, 6), "kept", "lost")
-    frame = both.frame().set_index("id")
+    frame, kept_counts = both.frame().set_index("id"), []
     for i in range(80):  # brute force: sets of cosine neighbours
         def knn(x):
             u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -336,11 +336,20 @@ def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
         assert set(split["both"]) == pre & in_b & in_c and set(split["neither"]) == pre - in_b - in_c
         assert set(split["kept only"]) == (pre & in_b) - in_c and set(split["lost only"]) == (pre & in_c) - in_b
         assert frame.loc[i, "kept by kept only"] == len((pre & in_b) - in_c)
+        assert frame.loc[i, "kept by lost only"] == len((pre & in_c) - in_b)
+        assert frame.loc[i, "class"] == names[labels[i]]
         assert frame.loc[i, "difference"] == pytest.approx((len(pre & in_b) - len(pre & in_c)) / 6)
-    assert np.all(np.diff(np.abs(both.frame()["difference"].to_numpy())) <= 0)  # largest differences first
-    summary = both.summary()
-    assert summary["overlap kept"] > summary["overlap lost"]
-    assert summary["kept keeps more"] + summary["lost keeps more"] + summary["tie"] == pytest.approx(1.0)
+        kept_counts.append((len(pre & in_b), len(pre & in_c)))
+    table = both.frame()
+    assert list(table.columns) == ["id", "class", "overlap kept", "overlap lost", "difference", "kept by kept only",
+                                   "kept by lost only"]
+    magnitude = np.abs(table["difference"].to_numpy())
+    assert table.index.tolist() == list(range(80)) and np.all(np.diff(magnitude) <= 0)  # largest differences first
+    assert all(np.all(np.diff(table["id"].to_numpy()[magnitude == m]) > 0) for m in set(magnitude))  # ties by id
+    b, c = np.array(kept_counts).T
+    assert both.summary() == pytest.approx({"overlap kept": b.mean() / 6, "overlap lost": c.mean() / 6,
+                                            "kept keeps more": np.mean(b > c), "lost keeps more": np.mean(b < c),
+                                            "tie": np.mean(b == c)})
     with pytest.raises(ProxyFDAError, match="same images"):
         three_way(both.b, compute_drift(x_b, x_c, labels, names, 6))
 
@@ -385,11 +394,32 @@ def test_a_three_way_route_carries_its_config_and_backend_into_both_reports(tmp_
     calls = []
     images, both = run_three_way(config, progress=lambda message, fraction: calls.append((message, fraction)))
     steady(calls)
+    reading = "Reading the {} embeddings from " + str(tmp_path) + "/{}.npy: 90/90"
+    assert calls == [("Loading rows:90", 0.0), (reading.format("pre-trained", "a"), pytest.approx(0.05 + 0.55 / 2)),
+                     (reading.format("fine-tuned", "b"), pytest.approx(0.6)),
+                     (reading.format("second fine-tuned", "c"), pytest.approx(0.85)),
+                     ("Building kNN graphs and metrics", 0.85), ("Done", 1.0)]
     assert (both.name_b, both.name_c) == ("b.npy", "c.npy")
     for report, x in ((both.b, x_b), (both.c, x_c)):
         expected = compute_drift(x_a, x, images.labels, images.class_names, 4, backend="faiss")
         assert report.config == config and report.metrics == expected.metrics
         np.testing.assert_array_equal(report.overlap, expected.overlap)
+
+
+def test_the_second_fine_tune_is_built_by_the_factory_given_at_the_size_asked():
+    from proxyfda.data import load_images
+    from proxyfda.drift import compare_features
+
+    class Built(Exception):
+        pass
+
+    def factory(spec, image_size):
+        raise Built(spec, image_size)
+
+    config = DriftConfig(compare="open_clip:RN50", image_size=48)  # a random initialisation: never cached
+    with pytest.raises(Built) as built:
+        compare_features(config, load_images("digits:test", n=4), make_encoder=factory)
+    assert built.value.args == ("open_clip:RN50", 48)
 
 
 def test_a_three_way_table_saves_as_it_reads(tmp_path):
@@ -420,3 +450,5 @@ def test_an_approximate_graph_is_announced_with_each_spaces_recall_and_interval(
     assert f"because N = {EXACT_MAX_N + 1:,} > {EXACT_MAX_N:,}" in found["knn_note"]
     at_limit = _recall_note([a[:1], b[:1]], EXACT_MAX_N, 10, "faiss-hnsw")["knn_note"]
     assert "because it was chosen" in at_limit and "1.000 ± 0.000 (pre-trained) and 0.600 ± 0.000" in at_limit
+    two = _recall_note([a[:2], b[:2]], EXACT_MAX_N, 10, "faiss-hnsw")["knn_note"]  # 1.96 · (0.2/√2)/√2 = 0.196; no spread
+    assert "0.900 ± 0.196 (pre-trained) and 0.600 ± 0.000 (fine-tuned), measured on 2 random points" in two

@@ -243,6 +243,8 @@ def test_a_runs_timeline_matches_brute_force_neighbours(tiny_run):
         assert row["linear CKA"] == pytest.approx(gram_cka(pre, now), rel=1e-4)
         assert row["task accuracy"] == accuracy[step]
     assert timeline.scores["CKNNA"].iloc[0] == pytest.approx(1.0)
+    for snapshot, step in zip(timeline.features, timeline.steps):  # what the Over-time maps are drawn from
+        np.testing.assert_array_equal(snapshot, run.probe_features(step))
 
 
 def test_a_point_breaks_when_its_overlap_falls_below_the_threshold():
@@ -250,14 +252,16 @@ def test_a_point_breaks_when_its_overlap_falls_below_the_threshold():
     none; broke_first: the earliest breaks first, ties by the lower final overlap."""
     from proxyfda.drift import Timeline
 
-    overlap = np.array([[1.0, 1.0, 1.0, 1.0], [0.5, 0.4, 1.0, 0.2], [0.4, 0.1, 0.9, 0.3]])
-    images = load_images("digits:test", n=40).subset(np.arange(4))
-    timeline = Timeline([0, 5, 10], overlap, pd.DataFrame(), images, 10, [])
-    assert timeline.first_break().tolist() == [10, 5, -1, 5]
-    assert timeline.first_break(0.95).tolist() == [5, 5, 10, 5]
-    table = timeline.broke_first(n=3)
-    assert table["id"].tolist() == [1, 3, 0] and table["broke at step"].tolist() == [5, 5, 10]
-    assert table["step 10"].tolist() == [0.1, 0.3, 0.4]
+    overlap = np.array([[1.0, 1.0, 1.0, 1.0, 0.3], [0.5, 0.4, 1.0, 0.2, 0.2], [0.4, 0.1, 0.9, 0.3, 0.1]])
+    images = load_images("digits:test", n=40)
+    timeline = Timeline([0, 5, 10], overlap, pd.DataFrame(), images.subset(np.arange(5)), 10, [])
+    assert timeline.first_break().tolist() == [10, 5, -1, 5, 0]  # point 4 starts below (a hand-made matrix)
+    assert timeline.first_break(0.95).tolist() == [5, 5, 10, 5, 0]
+    table = timeline.broke_first(n=4)
+    assert table["id"].tolist() == [4, 1, 3, 0] and table["broke at step"].tolist() == [0, 5, 5, 10]
+    assert table["step 10"].tolist() == [0.1, 0.1, 0.3, 0.4]
+    many = Timeline([0, 5], np.array([[1.0] * 30, [0.0] * 30]), pd.DataFrame(), images.subset(np.arange(30)), 10, [])
+    assert many.broke_first()["id"].tolist() == list(range(20))  # 20 rows by default
 
 
 def gram_cka(x: np.ndarray, y: np.ndarray) -> float:
