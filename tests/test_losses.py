@@ -309,3 +309,34 @@ def test_pair_records_are_the_pairs_and_anchor_zeros_counts():
     assert r["neg_weight_mean"] == pytest.approx((-1.0 - 1.0 - 1.0) / 3)
     assert (r["tau"], r["bias"]) == pytest.approx((0.5, (1.0 + 2.0 + 0.5) / 3))
     assert r["threshold"] == pytest.approx(PAIR_TAU * (1.0 + 2.0 + 0.5) / 3)
+
+
+@pytest.mark.parametrize("option, says", [
+    (dict(k=0), "k must be an integer >= 1, got 0"),
+    (dict(threshold="x"), "unknown threshold 'x'; choose one of 'fixed', 'knn'"),
+    (dict(negative_weight="x"), "unknown negative_weight 'x'; choose one of 'one', 'sim', 'one_minus_sim'"),
+    (dict(reduction="x"), "unknown reduction 'x'; choose one of 'paper', 'balanced'"),
+    (dict(weight=-1), "weight (λ) must be >= 0.0, got -1"),
+    (dict(tau=0), "tau must be > 0.0, got 0"),
+    (dict(bias=math.nan), "bias must be a finite number, got nan"),
+    (dict(preset="x"), "unknown preset 'x'; choose one of 'ours', 'paper'"),
+])
+def test_each_refused_fda_option_is_named_in_its_message(option, says):
+    with pytest.raises(ProxyFDAError) as refused:
+        FDALoss(**option)
+    assert str(refused.value) == says
+
+
+def test_fda_defaults_and_the_strengths_it_accepts():
+    """K = 8 and τ = 0.1 by default (METHOD.md), λ = 1; any λ ≥ 0 is a strength (0 turns the term off)."""
+    loss = FDALoss()
+    assert (loss.k, loss.tau.item(), loss.weight) == (8, pytest.approx(0.1), 1.0)
+    assert [FDALoss(weight=w).weight for w in (0.0, 0.5)] == [0.0, 0.5]
+
+
+def test_neighbours_are_found_on_the_device_of_the_similarities():
+    """The meta device stands in for a GPU: the self-mask must be made where the similarities are."""
+    from proxyfda.losses.fda import pretrained_neighbours
+
+    graph = pretrained_neighbours(torch.empty(6, 6, device="meta"), 2)
+    assert graph.positive.device.type == graph.order.device.type == "meta"
