@@ -11,7 +11,7 @@ import streamlit as st
 
 from proxyfda.config import DriftConfig
 from proxyfda.data import ImageSet
-from proxyfda.drift import DriftReport, calibrate
+from proxyfda.drift import NULL_PERMUTATIONS, DriftReport, calibrate
 from proxyfda.metrics import class_composition
 from proxyfda.report_html import SCORE_INFO, calibration_display, report_file_name, report_html, score_label
 
@@ -113,10 +113,11 @@ def _calibration(_report: DriftReport, _x_a: np.ndarray, _x_b: np.ndarray, key: 
 
 def calibration_view(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, key: tuple) -> None:
     """Each global score beside its value when the pairing of images is broken, and a bootstrap interval."""
-    st.caption("Raw scores rise with dimension and k alone. Here each is compared with its value over 20 random "
-               "re-pairings of the fine-tuned rows (the null: unrelated spaces of the same shape), and per-point "
-               "means get a 95 % bootstrap interval over images. A score near its null preserved nothing.")
-    with st.spinner("Re-pairing the images 20 times…"):
+    st.caption(f"Raw scores rise with dimension and k alone. Here each is compared with its value over "
+               f"{NULL_PERMUTATIONS} random re-pairings of the fine-tuned rows (the null: unrelated spaces of the same "
+               "shape), and per-point means get a 95 % bootstrap interval over images. A score near its null "
+               "preserved nothing.")
+    with st.spinner(f"Re-pairing the images {NULL_PERMUTATIONS} times…"):
         table = _calibration(report, x_a, x_b, key + (report.k,))
     st.dataframe(calibration_display(table), hide_index=True,
                  column_config={"value": st.column_config.NumberColumn(format="%.3f")})

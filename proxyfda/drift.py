@@ -290,7 +290,11 @@ def bootstrap_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0,
     return float(low), float(high)
 
 
-def calibrate(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutations: int = 20,
+#: random re-pairings of the images behind each score's null, unless a caller asks for another number
+NULL_PERMUTATIONS = 20
+
+
+def calibrate(report: DriftReport, x_a: np.ndarray, x_b: np.ndarray, permutations: int = NULL_PERMUTATIONS,
               resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Each global score next to what it is when the pairing of images is broken (``permutations``
     random re-pairings of B's rows: the null of "unrelated spaces of the same shape") and, for the

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .config import DriftConfig
 from .data import ImageSet
-from .drift import DriftReport, StageProgress, calibrate, encoder_names, run_drift_features
+from .drift import NULL_PERMUTATIONS, DriftReport, StageProgress, calibrate, encoder_names, run_drift_features
 from .errors import ProxyFDAError
 from .paths import atomic_write_text
 from .projection import project_pair
@@ -149,7 +149,7 @@ def write_report(config: DriftConfig, out: str | Path, progress: StageProgress |
     path = check_output(out)
     say = progress or (lambda message, fraction: None)
     images, x_a, x_b, report = run_drift_features(config, lambda message, fraction: say(message, 0.64 * fraction))
-    say("Comparing each score with 20 random re-pairings of the images", 0.66)
+    say(f"Comparing each score with {NULL_PERMUTATIONS} random re-pairings of the images", 0.66)
     calibration = calibrate(report, x_a, x_b)
     say("Projecting both spaces with UMAP", 0.72)
     maps = project_pair(x_a, x_b, method=config.projection, seed=config.seed,
@@ -248,9 +248,10 @@ def _scores_section(report: DriftReport, calibration: pd.DataFrame) -> str:
             f"{report.metrics['overlap_at_k_random_baseline']:.4f}. N = {report.n:,} images, kNN backend "
             f"{_e(report.metrics['knn_backend'])}.</p>" + (f"<ul class=\"small\">{notes}</ul>" if notes else ""))
     return _section("scores", "Global scores",
-                    "Each score beside its null, its value over 20 random re-pairings of the fine-tuned rows (what "
-                    "unrelated spaces of the same shape would give), and, for the per-point means, a 95 % bootstrap "
-                    "interval over images. A score near its null means nothing was preserved.", body)
+                    f"Each score beside its null, its value over {NULL_PERMUTATIONS} random re-pairings of the "
+                    "fine-tuned rows (what unrelated spaces of the same shape would give), and, for the per-point "
+                    "means, a 95 % bootstrap interval over images. A score near its null means nothing was "
+                    "preserved.", body)
 
 
 def _maps_section(report: DriftReport, maps: tuple[np.ndarray, np.ndarray], config: DriftConfig,

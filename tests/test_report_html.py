@@ -305,9 +305,16 @@ def test_write_report_maps_as_the_config_says_with_steady_progress(light_route, 
     config = DriftConfig(data="digits:test", n=60, k=5, projection="independent", seed=3)
     out = module.write_report(config, tmp_path / "a" / "b" / "report.html",
                               progress=lambda message, fraction: calls.append((message, fraction)))
-    assert asked == [("independent", 3)] and ("Fitting the pre-trained map", 0.75) in calls
+    assert asked == [("independent", 3)]
     steady(calls)
+    after_drift = calls[[message for message, _ in calls].index("Comparing each score with 20 random re-pairings of "
+                                                                "the images"):]
+    assert after_drift == [("Comparing each score with 20 random re-pairings of the images", 0.66),
+                           ("Projecting both spaces with UMAP", 0.72), ("Fitting the pre-trained map", 0.75),
+                           ("Writing the report", 0.97), ("Done", 1.0)]
     assert out.read_text().count('<article class="card">') == 12
+    fewer = module.write_report(config, tmp_path / "fewer.html", top=3)  # every stage from its cache now
+    assert fewer.read_text().count('<article class="card">') == 3
 
 
 def test_report_takes_the_drift_options_and_defaults_to_the_embedded_default():
