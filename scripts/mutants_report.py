@@ -2,8 +2,11 @@
 
     python scripts/mutants_report.py             # the table docs/TESTING.md quotes
     python scripts/mutants_report.py --survivors  # and every mutant left, with its diff (``mutmut show``)
+    python -m mutmut run $(python scripts/mutants_report.py --pending proxyfda/losses/fda.py)
 
-Run after ``mutmut run`` (``make mutants`` runs both).
+Run after ``mutmut run`` (``make mutants`` runs both). ``--pending`` names a module's mutants that have no result
+or survived: mutmut reruns a mutant named on its command line even when it has a result, so after new tests this
+tries again only what they may kill, module by module.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ def results(root: Path = ROOT / "mutants") -> dict[str, Counter]:
     return table
 
 
-def survivors(root: Path = ROOT / "mutants") -> list[str]:
-    """The names of the mutants that no test killed."""
+def survivors(root: Path = ROOT / "mutants", modules: list[str] | None = None,
+              codes: tuple[int | None, ...] = (0,)) -> list[str]:
+    """The names of the mutants (of ``modules``, default all) whose result is one of ``codes``: by default
+    those no test killed."""
     names = []
     for meta in sorted(root.rglob("*.py.meta")):
-        names += [name for name, code in json.loads(meta.read_text())["exit_code_by_key"].items() if code == 0]
+        if modules is None or str(meta.relative_to(root)).removesuffix(".meta") in modules:
+            names += [name for name, code in json.loads(meta.read_text())["exit_code_by_key"].items() if code in codes]
     return names
 
 
@@ -54,11 +60,20 @@ def markdown(table: dict[str, Counter]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true", help="also print every surviving mutant's diff")
+    parser.add_argument("--pending", nargs="+", metavar="MODULE",
+                        help="print only the names of these modules' mutants with no result or a survivor")
     args = parser.parse_args(argv)
     table = results()
     if not table:
         print("no mutmut results under mutants/: run `mutmut run` (or `make mutants`) first", file=sys.stderr)
         return 2
+    if args.pending:
+        unknown = sorted(set(args.pending) - set(table))
+        if unknown:
+            print(f"no mutants of {', '.join(unknown)}: name modules as the table lists them", file=sys.stderr)
+            return 2
+        print(" ".join(survivors(modules=args.pending, codes=(None, 0))))
+        return 0
     print(markdown(table))
     if args.survivors:
         for name in survivors():
