@@ -175,6 +175,23 @@ def test_registry_lists_and_builds_every_regulariser():
         build_regularizer("l2sp")
 
 
+def test_a_regulariser_registered_as_a_function_takes_its_keywords():
+    """A factory function (not a RecordingLoss class) is checked against its own keyword arguments."""
+    from proxyfda.losses import REGULARIZERS, register_regularizer
+
+    @register_regularizer("scaled-fda")
+    def scaled_fda(k: int = 4, scale: float = 1.0) -> FDALoss:
+        return FDALoss(k=k, weight=scale)
+
+    try:
+        assert build_regularizer("scaled-fda", k=3, scale=0.5).weight == 0.5
+        with pytest.raises(ProxyFDAError) as refused:
+            build_regularizer("scaled-fda", tau=0.1)
+        assert str(refused.value) == "regulariser 'scaled-fda' has no option(s) tau; it accepts: k, scale"
+    finally:
+        REGULARIZERS.pop("scaled-fda", None)
+
+
 # ---- pair_weights: hand-written matrices for every negative_weight option --------------------------------
 
 from proxyfda.losses.fda import pair_weights, pretrained_neighbours  # noqa: E402
@@ -247,11 +264,11 @@ def test_presets_set_the_defaults_and_explicit_options_win():
 
 
 # three anchors, three others each: anchor 0 has one valid positive and one valid negative, anchor 1 two
-# positives and a negative, anchor 2 a single valid pair (a negative); τ = 0.5 and one bias per anchor
+# positives and no negative, anchor 2 a single valid pair (a negative); τ = 0.5 and one bias per anchor
 PAIRS = dict(sims=[[0.9, 0.2, -0.1], [0.5, 0.4, 0.3], [0.1, 0.3, 0.0]],
              weights=[[0.8, -1.0, -0.5], [0.6, 0.7, -1.0], [0.5, -1.0, -1.0]],
              positive=[[True, False, False], [True, True, False], [False, False, False]],
-             valid=[[True, True, False], [True, True, True], [False, True, False]])
+             valid=[[True, True, False], [True, True, False], [False, True, False]])
 PAIR_TAU, PAIR_BIAS = 0.5, [1.0, 2.0, 0.5]
 
 
@@ -302,11 +319,13 @@ def test_pair_records_are_the_pairs_and_anchor_zeros_counts():
     assert r["anchor_threshold"].tolist() == pytest.approx([b * PAIR_TAU for b in PAIR_BIAS])
     assert r["anchor_loss_pos"].tolist() == pytest.approx([p for p, _ in hand_pair_terms("balanced")], rel=1e-6)
     assert r["anchor_loss_neg"].tolist() == pytest.approx([n for _, n in hand_pair_terms("balanced")], rel=1e-6)
-    assert r["pairs_per_anchor"] == (1, 1)  # anchor 0's valid positives and negatives
+    assert r["pairs_per_anchor"] == (1, 1)  # anchor 0's valid positives and negatives (anchor 1 has 2 and 0)
     assert r["pos_sim_ft"] == pytest.approx((0.9 + 0.5 + 0.4) / 3)
-    assert r["neg_sim_ft"] == pytest.approx((0.2 + 0.3 + 0.3) / 3)
+    assert r["neg_sim_ft"] == pytest.approx((0.2 + 0.3) / 2)
     assert r["pos_weight_mean"] == pytest.approx((0.8 + 0.6 + 0.7) / 3)
-    assert r["neg_weight_mean"] == pytest.approx((-1.0 - 1.0 - 1.0) / 3)
+    assert r["neg_weight_mean"] == pytest.approx(-1.0)
+    record_pair_stats(loss, sims, weights, positive, positive, tau, bias, terms)  # no valid negative anywhere
+    assert math.isnan(loss.records["neg_sim_ft"]) and math.isnan(loss.records["neg_weight_mean"])
     assert (r["tau"], r["bias"]) == pytest.approx((0.5, (1.0 + 2.0 + 0.5) / 3))
     assert r["threshold"] == pytest.approx(PAIR_TAU * (1.0 + 2.0 + 0.5) / 3)
 

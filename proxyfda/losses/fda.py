@@ -124,9 +124,9 @@ def record_pair_stats(loss: RecordingLoss, sims: torch.Tensor, weights: torch.Te
         pos, neg = positive & valid, ~positive & valid
         loss.record("pairs_per_anchor", (int(pos[0].sum()), int(neg[0].sum())))
         loss.record("pos_sim_ft", sims[pos].mean())
-        loss.record("neg_sim_ft", sims[neg].mean() if neg.any() else torch.tensor(math.nan))
+        loss.record("neg_sim_ft", sims[neg].mean())  # the mean of no pair is NaN: "none this batch"
         loss.record("pos_weight_mean", weights[pos].mean())
-        loss.record("neg_weight_mean", weights[neg].mean() if neg.any() else torch.tensor(math.nan))
+        loss.record("neg_weight_mean", weights[neg].mean())
         loss.record("tau", tau)
         loss.record("bias", bias.mean())
         loss.record("threshold", (bias * tau).mean())
