@@ -187,3 +187,22 @@ def test_the_reference_follows_the_model_to_its_device():
     loss = reg(net.to("meta"))
     assert loss.device.type == "meta"
     assert {reg.reference[name].device.type for name, _ in net.named_parameters()} == {"meta"}
+
+
+def test_l2sp_takes_a_module_or_its_state_and_refuses_what_holds_no_reference():
+    """The encoder itself stands for its state dict; what is not a tensor, or not a float one (BatchNorm's step
+    counter), has no pre-trained value to pull towards; α = 0.5 by default, the method table's strength."""
+    from proxyfda.methods import get_method
+
+    net = small_net()
+    state = {**net.state_dict(), "_step": 3}
+    from_module, from_state = L2SPLoss(net), L2SPLoss(state)
+    floats = {name for name, value in net.state_dict().items() if value.is_floating_point()}
+    assert set(from_module.reference) == set(from_state.reference) == floats
+    assert from_state.alpha == get_method("l2sp").options["alpha"] == 0.5
+    for empty in ({}, [net.state_dict()]):
+        with pytest.raises(ProxyFDAError, match=r"^reference_state must be a non-empty state dict of the pre-trained "
+                                                r"encoder \(encoder\.state_dict\(\) taken before fine-tuning\)$"):
+            L2SPLoss(empty)
+    with pytest.raises(ProxyFDAError, match=r"^alpha must be >= 0\.0, got -1$"):
+        L2SPLoss(state, alpha=-1)
