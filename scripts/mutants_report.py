@@ -4,9 +4,9 @@
     python scripts/mutants_report.py --survivors  # and every mutant left, with its diff (``mutmut show``)
     python -m mutmut run $(python scripts/mutants_report.py --pending proxyfda/losses/fda.py)
 
-Run after ``mutmut run`` (``make mutants`` runs both). ``--pending`` names a module's mutants that have no result
-or survived: mutmut reruns a mutant named on its command line even when it has a result, so after new tests this
-tries again only what they may kill, module by module.
+Run after ``mutmut run`` (``make mutants`` runs both). ``--pending`` names a module's mutants that have no
+result, survived or were reached by no test: mutmut reruns a mutant named on its command line even when it has
+a result, so after new tests this tries again only what they may kill, module by module.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", action="store_true", help="also print every surviving mutant's diff")
     parser.add_argument("--pending", nargs="+", metavar="MODULE",
-                        help="print only the names of these modules' mutants with no result or a survivor")
+                        help="print only the names of these modules' mutants not yet killed")
     args = parser.parse_args(argv)
     table = results()
     if not table:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"no mutants of {', '.join(unknown)}: name modules as the table lists them", file=sys.stderr)
             return 2
-        print(" ".join(survivors(modules=args.pending, codes=(None, 0))))
+        print(" ".join(survivors(modules=args.pending, codes=(None, 0, 5, 33))))
         return 0
     print(markdown(table))
     if args.survivors:
