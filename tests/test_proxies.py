@@ -181,6 +181,18 @@ def test_records_are_filled_with_the_right_shapes(batch):
         assert isinstance(r[name], float) and r[name] == pytest.approx(terms[name].item())
 
 
+def test_proxy_health_is_summarised_from_the_last_calls_records():
+    """diagnostics (what a run logs at each evaluation): mean nearest-real distance, mean diversity, mean
+    |estimated − actual| similarity, by hand from given records; nothing when the last call recorded none."""
+    loss = ProxyFDALoss(k=K, n_proxies=2)
+    loss.records = {"proxy_nn_dist": torch.tensor([[0.1, 0.3], [0.2, 0.4]]), "proxy_diversity": torch.tensor([0.5, 0.7]),
+                    "proxy_sim_estimated": torch.tensor([[0.9, 0.1]]), "proxy_sim_actual": torch.tensor([[0.7, 0.4]])}
+    assert loss.diagnostics() == pytest.approx({"proxy_nn_dist": 0.25, "proxy_diversity": 0.6,
+                                                "proxy_sim_error": (0.2 + 0.3) / 2})
+    loss.records = {}
+    assert loss.diagnostics() == {}
+
+
 @pytest.mark.parametrize("dim", [64, 1280])
 def test_generator_size_does_not_depend_on_the_feature_dim(dim):
     generator = ProxyGenerator()
