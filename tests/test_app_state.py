@@ -44,6 +44,8 @@ def test_switching_back_to_images_restores_the_encoders_forms_defaults(fresh_sta
 def test_selection_and_focus_keep_only_rows_that_exist(fresh_state):
     session.set_selection([4, 1, 9])
     assert session.selection(5) == [4, 1] and session.selection(10) == [4, 1, 9]
+    session.set_selection([-1, 0, 4, 5])  # the first and the last row count; neither end past them does
+    assert session.selection(5) == [0, 4]
     session.clear_selection()
     assert session.selection(10) == [] and fresh_state[session.SELECTION_KEY] == []
     assert session.focus(10) is None
@@ -120,6 +122,24 @@ def test_the_open_tab_and_the_focused_point_travel_in_the_address(address, fresh
     session.tab_from_url(labels)
     session.focus_from_url()
     assert fresh_state[session.TAB_KEY] == "Class drift" and fresh_state[session.FOCUS_KEY] == 23
+
+
+def test_an_address_is_applied_once_so_a_later_click_wins(address, fresh_state):
+    """The tab and point a link names are taken on the first run that sees them; a user who then opens another
+    tab or point keeps it on every later run with the same address; a new address is taken again."""
+    labels = ["Neighbours", "Class drift", "Over time"]
+
+    def a_run() -> tuple[str, int]:
+        session.tab_from_url(labels)
+        session.focus_from_url()
+        return fresh_state[session.TAB_KEY], fresh_state[session.FOCUS_KEY]
+
+    address.update({"tab": "Over time", "point": "17"})
+    assert a_run() == ("Over time", 17)
+    fresh_state[session.TAB_KEY], fresh_state[session.FOCUS_KEY] = "Neighbours", 3  # the user's clicks
+    assert a_run() == ("Neighbours", 3) and a_run() == ("Neighbours", 3)
+    address.update({"tab": "Class drift", "point": "8"})
+    assert a_run() == ("Class drift", 8)
 
 
 def test_kept_page_values_are_written_back_and_return_from_their_copy(monkeypatch):

@@ -27,6 +27,8 @@ def test_l2sp_is_zero_at_the_reference_and_matches_a_hand_sum():
         net[4].bias[0] -= 2.0
     expected = 0.5 * (0.1 ** 2 * net[0].weight.numel() + 2.0 ** 2)
     assert reg(net).item() == pytest.approx(expected, rel=1e-5)
+    terms = reg(net, return_terms=True)  # logged as reg_loss and reg_distance_sq
+    assert set(terms) == {"loss", "distance_sq"} and terms["distance_sq"].item() == pytest.approx(expected / 0.5)
     assert reg.records["regularized"] == len(list(net.parameters()))
 
 
@@ -168,8 +170,9 @@ def test_ldifs_original_form_compares_tapped_activations_per_element():
     np.testing.assert_allclose(loss.records["tap_distances"].numpy(), expected_taps, rtol=1e-5)
     with pytest.raises(ProxyFDAError, match="ldifs-final"):
         loss([], [])
-    with pytest.raises(ProxyFDAError, match="lists of activations"):
-        loss(got[0], got_pre[0])  # features instead of tap lists
+    for taps, taps_pre in ((got[0], got_pre[0]), (got, got_pre[0]), (got[0], got_pre)):  # features for tap lists
+        with pytest.raises(ProxyFDAError, match="lists of activations"):
+            loss(taps, taps_pre)
 
 
 def test_ldifs_on_taps_is_ten_by_default_as_published_and_refuses_a_negative_strength():
