@@ -181,6 +181,35 @@ def test_records_are_filled_with_the_right_shapes(batch):
         assert isinstance(r[name], float) and r[name] == pytest.approx(terms[name].item())
 
 
+def test_proxy_health_records_match_the_proxies_they_describe(batch):
+    """What the Proxy debugger plots, recomputed in float64 from the recorded pooling weights: each proxy's norm
+    and its unit vector, its chordal distance to the nearest batch feature, the mean chordal distance between an
+    anchor's same-side proxies, and its pooled pre-trained twin's cosine with the anchor. A chordal distance d
+    from a float32 cosine is off by about 1e-7/d, hence the tolerances."""
+    feats, feats_pre = batch
+    p = 3
+    loss = ProxyFDALoss(k=K, n_proxies=p)
+    loss.record_detail = True
+    loss(feats, feats_pre)
+    r = loss.records
+    x, x_pre = (torch.nn.functional.normalize(f.double(), dim=1) for f in (feats, feats_pre))
+    pooling = r["proxy_pooling"].double()  # [B, 2P, B]
+    raw = pooling @ x
+    unit = raw / raw.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(r["proxy_norms"].double(), raw.norm(dim=-1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(r["proxies"].double(), unit, rtol=0, atol=1e-6)
+    nearest = torch.cdist(unit, x.expand(B, B, D)).min(-1).values
+    torch.testing.assert_close(r["proxy_nn_dist"].double(), nearest, rtol=0, atol=1e-4)
+    for anchor in range(B):
+        for side in range(2):
+            own = unit[anchor, side * p:(side + 1) * p]
+            expected = torch.cdist(own, own).sum() / (p * (p - 1))
+            assert r["proxy_diversity"][anchor, side].item() == pytest.approx(expected.item(), abs=1e-5)
+    twin = pooling @ x_pre
+    torch.testing.assert_close(r["proxy_sim_actual"].double(), (twin * x_pre[:, None, :]).sum(-1) / twin.norm(dim=-1),
+                               rtol=0, atol=1e-6)
+
+
 def test_proxy_health_is_summarised_from_the_last_calls_records():
     """diagnostics (what a run logs at each evaluation): mean nearest-real distance, mean diversity, mean
     |estimated − actual| similarity, by hand from given records; nothing when the last call recorded none."""
@@ -218,6 +247,10 @@ def test_too_large_k_and_bad_options_are_refused(batch):
     feats, feats_pre = batch
     with pytest.raises(ProxyFDAError, match="non-neighbour"):
         ProxyFDALoss(k=B - 1)(feats, feats_pre)
+    assert torch.isfinite(ProxyFDALoss(k=B - 2)(feats, feats_pre))  # one non-neighbour per anchor is enough
+    assert torch.isfinite(ProxyFDALoss(k=1)(feats[:3], feats_pre[:3]))  # the smallest batch: 3 images
+    with pytest.raises(ProxyFDAError, match=r"^the batch has 2 image\(s\); this loss needs at least 3$"):
+        ProxyFDALoss(k=1)(feats[:2], feats_pre[:2])
     with pytest.raises(ProxyFDAError, match="proxy_similarity"):
         ProxyFDALoss(proxy_similarity="exact")
     with pytest.raises(ProxyFDAError, match="no option"):

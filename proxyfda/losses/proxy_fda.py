@@ -141,8 +141,9 @@ class ProxyFDALoss(RecordingLoss):
             proxy_cos = (gen_terms.member_cos.detach() @ weights.detach().transpose(1, 2)) / norms[:, None, :]
             b = proxy_cos.shape[0]
             sides = proxy_cos.view(b, 2, p, 2, p).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # [B, 2, P, P]
-            chordal = (2.0 - 2.0 * sides).clamp_min(0.0).sqrt()
-            diversity = chordal.sum((-1, -2)) / max(p * (p - 1), 1)
+            pairs = ~torch.eye(p, dtype=torch.bool, device=sides.device)  # a proxy and itself: 0, not float32's √(2ε)
+            chordal = (2.0 - 2.0 * sides[..., pairs]).clamp_min(0.0).sqrt()
+            diversity = chordal.sum(-1) / max(p * (p - 1), 1)
             self.record("proxy_count", (p, p))
             self.record("proxy_norms", norms)
             self.record("proxy_nn_dist", (2.0 - 2.0 * nearest).clamp_min(0.0).sqrt())
