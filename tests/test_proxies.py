@@ -474,3 +474,16 @@ def test_detached_proxy_terms_give_members_no_gradient(stub_pool, ref_batch):
     assert expected.abs().sum() > 0
     torch.testing.assert_close(proxy_grad[True], expected, rtol=1e-5, atol=1e-8)
     assert not torch.allclose(proxy_grad[False], expected)
+
+
+@pytest.mark.parametrize("train_with_fda", [False, True])
+def test_the_encoders_loss_reaches_the_generator_only_when_asked(batch, train_with_fda):
+    """METHOD.md: by default L_ProxyFDA does not train the generator (it would make proxies easy to satisfy);
+    ``train_generator_with_fda`` lets its gradient through."""
+    feats, feats_pre = batch
+    loss = ProxyFDALoss(k=K, train_generator_with_fda=train_with_fda)
+    terms = loss(feats.requires_grad_(True), feats_pre, return_terms=True)
+    params = list(loss.generator_parameters())
+    grads = torch.autograd.grad(terms["fda"], params, allow_unused=True)
+    reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    assert reached == train_with_fda
