@@ -5,6 +5,7 @@ file refused with its name and the fix, and ``proxyfda drift --features-a/-b`` e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -422,3 +423,12 @@ def test_the_html_report_without_thumbnails_shows_row_ids(tmp_path, arrays):
     assert 'alt="image ' not in page and page.count('class="noimage"') == 3 * (1 + 2 * K)
     assert "shown by its row id instead of a thumbnail" in page and "points (rows of embedding files, no images)" in page
     assert "--labels" not in command_line(config) and "--data rows:240" in command_line(config)
+
+
+def test_a_column_follows_the_last_hash_of_the_source():
+    """A folder may have '#' in its name: only the text after the last '#' names a column (and a path that
+    exists as written is a file, whatever it holds)."""
+    from proxyfda.vectors import split_source
+
+    assert split_source("runs/v#2/e.csv#emb") == (Path("runs/v#2/e.csv"), "emb")
+    assert split_source("e.parquet# ") == (Path("e.parquet"), None)
