@@ -141,7 +141,8 @@ class ProxyFDALoss(RecordingLoss):
             proxy_cos = (gen_terms.member_cos.detach() @ weights.detach().transpose(1, 2)) / norms[:, None, :]
             b = proxy_cos.shape[0]
             sides = proxy_cos.view(b, 2, p, 2, p).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # [B, 2, P, P]
-            pairs = ~torch.eye(p, dtype=torch.bool, device=sides.device)  # a proxy and itself: 0, not float32's √(2ε)
+            # a proxy's distance to itself is 0, not the √(2ε) a float32 cosine of 1 − ε gives: leave it out
+            pairs = ~torch.eye(p, dtype=torch.bool, device=sides.device)
             chordal = (2.0 - 2.0 * sides[..., pairs]).clamp_min(0.0).sqrt()
             diversity = chordal.sum(-1) / max(p * (p - 1), 1)
             self.record("proxy_count", (p, p))
