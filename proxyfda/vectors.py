@@ -240,8 +240,7 @@ def _checked(array: np.ndarray, path: Path, column: str | None) -> np.ndarray:
         raise ProxyFDAError(f"{where} holds complex numbers ({array.dtype}): cosine neighbourhoods need real vectors; "
                             "save np.abs(x), x.real, or np.concatenate([x.real, x.imag], axis=1)")
     if kind not in "fiub":
-        what = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans"}.get(kind,
-                                                                                                       str(array.dtype))
+        what = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans"}.get(kind, str(array.dtype))
         raise ProxyFDAError(f"{where} holds {what} ({array.dtype}), not numbers: save the embeddings as a numeric "
                             "array of floats, e.g. np.save(path, np.asarray(x, dtype=np.float32))")
     if array.ndim != 2:

@@ -23,13 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "type check", None: "not checked"}
 COLUMNS = ("killed", "timeout", "survived", "no tests", "not checked")
+#: the results a new test may change: rerun by ``--pending``
+PENDING = tuple(code for code, status in STATUS.items() if status in ("survived", "no tests", "not checked"))
 
 
 def results(root: Path = ROOT / "mutants") -> dict[str, Counter]:
     """Module path -> how many of its mutants ended in each status."""
     table: dict[str, Counter] = {}
     for meta in sorted(root.rglob("*.py.meta")):
-        module = str(meta.relative_to(root)).removesuffix(".meta")
+        module = _module(meta, root)
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if codes:
             table[module] = Counter(STATUS.get(code, "suspicious") for code in codes.values())
@@ -42,9 +44,14 @@ def survivors(root: Path = ROOT / "mutants", modules: list[str] | None = None,
     those no test killed."""
     names = []
     for meta in sorted(root.rglob("*.py.meta")):
-        if modules is None or str(meta.relative_to(root)).removesuffix(".meta") in modules:
+        if modules is None or _module(meta, root) in modules:
             names += [name for name, code in json.loads(meta.read_text())["exit_code_by_key"].items() if code in codes]
     return names
+
+
+def _module(meta: Path, root: Path) -> str:
+    """The source path a results file under ``root`` describes (``proxyfda/drift.py``)."""
+    return str(meta.relative_to(root)).removesuffix(".meta")
 
 
 def markdown(table: dict[str, Counter]) -> str:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"no mutants of {', '.join(unknown)}: name modules as the table lists them", file=sys.stderr)
             return 2
-        print(" ".join(survivors(modules=args.pending, codes=(None, 0, 5, 33))))
+        print(" ".join(survivors(modules=args.pending, codes=PENDING)))
         return 0
     print(markdown(table))
     if args.survivors:
