@@ -104,6 +104,21 @@ def test_the_form_writes_only_what_differs_from_its_defaults(address, fresh_stat
     assert fresh_state["f.query_applied"] == {"lr": "0.25", "data": "mnist:test"}
 
 
+def test_the_address_the_form_wrote_is_not_a_new_link(address, fresh_state):
+    """A page applies the address first, then draws its widgets, then writes them back. What it wrote must not
+    be applied on the next run: the user may have moved a widget since, and that move would be undone."""
+    from app.url_state import apply_query_params, write_query_params
+
+    address.update({"k": "7"})
+    apply_query_params(DEFAULTS, "f.")
+    fresh_state["f.k"] = 3  # moved; the page writes it back at the end of the run
+    write_query_params({"k": 3, "lr": 0.001, "data": "digits:test"}, DEFAULTS, "f.")
+    assert dict(address) == {"k": "3"}
+    fresh_state["f.k"] = 5  # moved again before the next run
+    apply_query_params(DEFAULTS, "f.")
+    assert fresh_state["f.k"] == 5
+
+
 def test_the_open_tab_and_the_focused_point_travel_in_the_address(address, fresh_state):
     labels = ["Neighbours", "Class drift", "Over time"]
     address.update({"tab": "Over time", "point": "17"})

@@ -275,3 +275,10 @@ def test_the_loss_trains_its_generator_with_its_own_options():
     gen = loss.generator
     assert (gen.n_proxies, gen.hidden, gen.proj_dim, gen.alpha, gen.temperature, gen.gamma, gen.estimate_loss,
             gen.variance_dims, gen.seed) == (3, 5, 6, 0.25, 0.35, 0.45, False, 7, 8)
+
+
+def test_the_loss_builds_its_generator_with_the_documented_defaults():
+    """docs/METHOD.md's table: P = 4 proxies a side, α = 5, T = 0.1, γ = 0.5, a 64-dim variance projection."""
+    gen = ProxyFDALoss().generator
+    assert (gen.n_proxies, gen.hidden, gen.proj_dim, gen.alpha, gen.temperature, gen.gamma, gen.estimate_loss,
+            gen.variance_dims, gen.seed) == (4, 32, 16, 5.0, 0.1, 0.5, True, 64, 0)
