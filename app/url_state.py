@@ -24,15 +24,26 @@ def apply_query_params(defaults: Mapping[str, Any], prefix: str, check: Callable
     for name, raw in given.items():
         kind = type(defaults[name])
         try:
-            value = kind(raw)
+            value = _parse(kind, raw)
             if check is not None:
                 check({**{field: st.session_state[prefix + field] for field in defaults}, name: value})
         except (ValueError, ProxyFDAError) as exc:
-            kinds = {int: "a whole number", float: "a number"}
+            kinds = {int: "a whole number", float: "a number", bool: "true or false"}
             reason = exc if isinstance(exc, ProxyFDAError) else f"{name} must be {kinds.get(kind, kind.__name__)}"
             st.warning(f"Ignored '{name}={raw}' in the address: {reason}.")
             continue
         st.session_state[prefix + name] = value
+
+
+def _parse(kind: type, raw: str) -> Any:
+    """An address's text as a value of the default's type; a flag reads the words `write_query_params` writes
+    (``True``/``False``) and their usual spellings, since ``bool("False")`` is True."""
+    if kind is bool:
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if raw.lower() not in flags:
+            raise ValueError(raw)
+        return flags[raw.lower()]
+    return kind(raw)
 
 
 def write_query_params(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str) -> None:

@@ -95,6 +95,45 @@ def test_a_value_the_form_would_refuse_is_left_out(address, fresh_state):
     assert (fresh_state["f.k"], fresh_state["f.lr"], fresh_state["f.data"]) == (10, 0.001, "mnist:test")
 
 
+def test_each_value_left_out_is_named_with_its_reason(address, fresh_state, monkeypatch):
+    """A sentence per value left out: what the address said, and why (the type it must have, or the form's own
+    refusal)."""
+    import app.url_state as url_state
+    from proxyfda.errors import ProxyFDAError
+
+    said = []
+    monkeypatch.setattr(url_state.st, "warning", said.append)
+
+    def check(values: dict) -> None:
+        if values["data"] == "nowhere:x":
+            raise ProxyFDAError("unknown image set 'nowhere'")
+
+    defaults = {**DEFAULTS, "on": True}
+    fresh_state["f.on"] = True
+    address.update({"k": "seven", "lr": "fast", "data": "nowhere:x", "on": "maybe"})
+    url_state.apply_query_params(defaults, "f.", check=check)
+    assert said == ["Ignored 'k=seven' in the address: k must be a whole number.",
+                    "Ignored 'lr=fast' in the address: lr must be a number.",
+                    "Ignored 'data=nowhere:x' in the address: unknown image set 'nowhere'.",
+                    "Ignored 'on=maybe' in the address: on must be true or false."]
+    assert fresh_state["f.on"] is True
+
+
+@pytest.mark.parametrize("written, value", [("False", False), ("True", True), ("no", False), ("1", True)])
+def test_a_flag_reads_back_what_the_form_wrote(address, fresh_state, written, value):
+    """write_query_params writes str(flag); reading it back must give the flag, not bool("False") = True."""
+    from app.url_state import apply_query_params, write_query_params
+
+    defaults = {"on": not value}
+    fresh_state["f.on"] = not value
+    write_query_params({"on": value}, defaults, "f.")
+    assert dict(address) == {"on": str(value)}
+    address["on"] = written
+    fresh_state["f.query_applied"] = {}
+    apply_query_params(defaults, "f.")
+    assert fresh_state["f.on"] is value
+
+
 def test_the_form_writes_only_what_differs_from_its_defaults(address, fresh_state):
     from app.url_state import write_query_params
 

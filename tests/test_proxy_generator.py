@@ -279,6 +279,20 @@ def test_the_loss_trains_its_generator_with_its_own_options():
 
 def test_the_loss_builds_its_generator_with_the_documented_defaults():
     """docs/METHOD.md's table: P = 4 proxies a side, α = 5, T = 0.1, γ = 0.5, a 64-dim variance projection."""
-    gen = ProxyFDALoss().generator
+    loss = ProxyFDALoss()
+    assert (loss.proxy_similarity, loss.proxy_weight, loss.detach_proxies, loss.train_generator_with_fda) == (
+        "estimated", 1.0, False, False)
+    gen = loss.generator
     assert (gen.n_proxies, gen.hidden, gen.proj_dim, gen.alpha, gen.temperature, gen.gamma, gen.estimate_loss,
             gen.variance_dims, gen.seed) == (4, 32, 16, 5.0, 0.1, 0.5, True, 64, 0)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"proxy_weight": -0.1}, "proxy_weight must be >= 0.0, got -0.1"),
+    ({"proxy_similarity": "exact"}, "unknown proxy_similarity 'exact'; choose one of 'estimated', 'pooled'"),
+])
+def test_the_losss_own_options_are_refused_by_name(options, says):
+    with pytest.raises(ProxyFDAError) as error:
+        ProxyFDALoss(**options)
+    assert str(error.value) == says
+    assert ProxyFDALoss(proxy_weight=0).proxy_weight == 0.0
