@@ -28,8 +28,8 @@ def apply_query_params(defaults: Mapping[str, Any], prefix: str, check: Callable
             if check is not None:
                 check({**{field: st.session_state[prefix + field] for field in defaults}, name: value})
         except (ValueError, ProxyFDAError) as exc:
-            kinds = {int: "a whole number", float: "a number", bool: "true or false"}
-            reason = exc if isinstance(exc, ProxyFDAError) else f"{name} must be {kinds.get(kind, kind.__name__)}"
+            kinds = {int: "a whole number", float: "a number", bool: "true or false"}  # the kinds that fail to parse
+            reason = exc if isinstance(exc, ProxyFDAError) else f"{name} must be {kinds[kind]}"
             st.warning(f"Ignored '{name}={raw}' in the address: {reason}.")
             continue
         st.session_state[prefix + name] = value
