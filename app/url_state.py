@@ -22,17 +22,22 @@ def apply_query_params(defaults: Mapping[str, Any], prefix: str, check: Callable
         return
     st.session_state[applied_key] = given
     for name, raw in given.items():
-        kind = type(defaults[name])
         try:
-            value = _parse(kind, raw)
+            value = _parse(type(defaults[name]), raw)
+        except ValueError:
+            st.warning(f"Ignored '{name}={raw}' in the address: {name} must be {_KINDS[type(defaults[name])]}.")
+            continue
+        try:
             if check is not None:
                 check({**{field: st.session_state[prefix + field] for field in defaults}, name: value})
         except (ValueError, ProxyFDAError) as exc:
-            kinds = {int: "a whole number", float: "a number", bool: "true or false"}  # the kinds that fail to parse
-            reason = exc if isinstance(exc, ProxyFDAError) else f"{name} must be {kinds[kind]}"
-            st.warning(f"Ignored '{name}={raw}' in the address: {reason}.")
+            st.warning(f"Ignored '{name}={raw}' in the address: {exc}.")
             continue
         st.session_state[prefix + name] = value
+
+
+#: what a value of each type that can fail to parse must look like
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false"}
 
 
 def _parse(kind: type, raw: str) -> Any:
