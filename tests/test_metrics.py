@@ -422,14 +422,18 @@ def test_rank_blocks_hold_the_distances_they_rank_by(metric, reference):
     assert block is out  # written into the reused buffer
 
 
-@pytest.mark.parametrize("spread", [0.1, 10.0])  # few entries below the thresholds, or most of them
-def test_closer_counts_are_strict_and_cover_every_row(spread):
+@pytest.mark.parametrize("far", [0.0, 0.9])  # most entries below the thresholds, or few (the sparse pass)
+def test_closer_counts_are_strict_and_cover_every_row(far):
     """_count_closer: per row and threshold, how many distances are strictly below it, ties not counted; the
-    last rows count too when nothing is closer (the counts' length is the block's)."""
+    last rows count too when nothing is closer (the counts' length is the block's). Thresholds are entries of
+    their row, so every one of them is tied with at least one distance."""
     rng = np.random.default_rng(4)
     dist = np.round(rng.random((6, 40)) * 4) / 4  # quarter steps: many exact ties
-    thresholds = np.sort(rng.choice(dist.ravel(), size=(6, 3)) * spread, axis=1)
+    dist[rng.random(dist.shape) < far] = 9.0  # far entries, above every threshold
+    thresholds = np.sort(np.stack([rng.choice(row[row < 9], size=3) for row in dist]), axis=1)
     thresholds[-1] = dist[-1].min()  # nothing strictly closer than the last row's own minimum
+    below = (dist < thresholds.max(axis=1, keepdims=True)).mean()
+    assert (below > 0.25) if far == 0 else (below < 0.25)  # each case takes the pass it is meant to
     expected = (dist[:, None, :] < thresholds[:, :, None]).sum(-1)
     np.testing.assert_array_equal(M._count_closer(dist, thresholds), expected)
     assert M._count_closer(dist, thresholds).dtype.kind == "i"
