@@ -406,6 +406,27 @@ def test_a_three_way_route_carries_its_config_and_backend_into_both_reports(tmp_
         np.testing.assert_array_equal(report.overlap, expected.overlap)
 
 
+def test_the_three_way_route_maps_each_encoders_progress_into_its_own_stretch(monkeypatch):
+    """An encoder embedding in batches reports 0 → 1; the route shows the first two encoders over 0.05–0.6 and
+    the second fine-tune over 0.6–0.85 (a file reports once, at 1, which cannot tell a stretch's start)."""
+    from proxyfda import drift
+
+    def reporting(name):
+        def features(config, images, progress):
+            for fraction in (0.0, 0.5, 1.0):
+                progress(f"{name} {fraction}", fraction)
+            return (X_A, X_B) if name == "pair" else X_B
+        return features
+
+    monkeypatch.setattr(drift, "drift_features", reporting("pair"))
+    monkeypatch.setattr(drift, "compare_features", reporting("second"))
+    calls = []
+    drift.run_three_way(DriftConfig(data="rows:9", n=0, k=K), progress=lambda m, f: calls.append((m, f)))
+    assert calls[1:7] == [("pair 0.0", pytest.approx(0.05)), ("pair 0.5", pytest.approx(0.325)),
+                          ("pair 1.0", pytest.approx(0.6)), ("second 0.0", pytest.approx(0.6)),
+                          ("second 0.5", pytest.approx(0.725)), ("second 1.0", pytest.approx(0.85))]
+
+
 def test_the_second_fine_tune_is_built_by_the_factory_given_at_the_size_asked():
     from proxyfda.data import load_images
     from proxyfda.drift import compare_features

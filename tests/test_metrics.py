@@ -69,6 +69,9 @@ def test_given_neighbours_replace_the_search(spaces):
     euclidean_graph = knn_graph(y, 5, metric="l2").indices
     assert M.trustworthiness(x, y, 5, metric="cosine", neighbours=euclidean_graph) == pytest.approx(
         sk_trustworthiness(x, y, n_neighbors=5, metric="cosine"), abs=1e-9)
+    # continuity searches x: given x's euclidean graph, it is sklearn's with the roles swapped
+    assert M.continuity(x, y, 5, metric="cosine", neighbours=knn_graph(x, 5, metric="l2").indices) == pytest.approx(
+        sk_trustworthiness(y, x, n_neighbors=5, metric="cosine"), abs=1e-9)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
