@@ -215,6 +215,23 @@ def test_a_thumbnail_is_its_image_shrunk_to_at_most_64_pixels_a_side():
         np.testing.assert_array_equal(pixels, np.asarray(expected))
 
 
+def test_a_thumbnail_of_an_image_file_is_read_at_the_size_shown(tmp_path):
+    """A set read from files is decoded at the thumbnail's own size (shorter side resized, centre square), not
+    at the 64 px default and shrunk afterwards, which blurs a second time."""
+    from PIL import Image
+
+    from proxyfda.data import load_images
+    from proxyfda.report_html import thumbnail_uri
+
+    (tmp_path / "cats").mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "cats" / "a.png")
+    uri = thumbnail_uri(load_images(f"folder:{tmp_path}"), 0, size=24)
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+    resized = Image.fromarray(noise).resize((32, 24), Image.Resampling.BILINEAR)  # 80×60 → shorter side 24
+    np.testing.assert_array_equal(pixels, np.asarray(resized)[:, 4:28])
+
+
 def test_a_neighbour_is_shown_with_its_id_class_status_and_cosine():
     from proxyfda.report_html import _thumb
 
