@@ -32,6 +32,7 @@ def test_forward_returns_the_loss_or_every_term():
     terms = loss(x, return_terms=True)
     assert set(terms) == {"loss", "per_row"} and terms["per_row"].tolist() == [5.0, 9.0]
     assert terms["loss"].requires_grad  # the terms themselves, not the records' copies
+    assert loss(x=x).item() == 7.0  # inputs passed by name reach compute too
 
 
 def test_records_are_floats_for_scalars_and_detached_cpu_copies_otherwise():
