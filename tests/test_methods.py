@@ -30,16 +30,15 @@ def history(run_dir) -> list[dict]:
 
 
 # lp-ft (its probe on every training feature) and l2sp took 106 s and 27 s on two shared cores
+# FDA, Proxy-FDA and L2-SP also run in test_training.py's loop written out by hand (every figure, exactly)
 @pytest.mark.parametrize("method", ["naive", pytest.param("l2sp", marks=pytest.mark.slow), "ldifs", "ldifs-final",
-                                    pytest.param("lp-ft", marks=pytest.mark.slow), "fda", "proxy-fda"])
+                                    pytest.param("lp-ft", marks=pytest.mark.slow)])
 def test_each_method_runs_and_saves_a_loadable_encoder(method, tmp_path):
     result = finetune(TINY.replace(method=method), tmp_path / method)
     assert result.status == "completed" and result.steps_done == 2
     train = [r for r in history(tmp_path / method) if r["kind"] == "train"]
-    if method in ("l2sp", "ldifs", "ldifs-final", "fda", "proxy-fda"):
+    if method in ("l2sp", "ldifs", "ldifs-final"):
         assert "reg_loss" in train[0] and np.isfinite(train[0]["reg_loss"])
-    if method == "proxy-fda":
-        assert {"reg_generator", "reg_manifold", "reg_variance"} <= set(train[0])
     if method == "l2sp":  # θ = θ0 before the first update
         assert train[0]["reg_loss"] == 0.0 and train[1]["reg_loss"] > 0.0
     fine = create_encoder(f"run:{tmp_path / method}")

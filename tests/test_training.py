@@ -295,12 +295,15 @@ def test_the_loop_trains_as_a_loop_written_out_by_hand(tmp_path, method, options
     operations in the same order in one process, so they agree exactly."""
     config = TINY_FINETUNE.replace(method=method, steps=3, eval_every=3, warmup_steps=2, batch_size=20,
                                    classes_per_batch=5, weight_decay=0.05, reg_options=options)
-    finetune(config, tmp_path / "run")
+    assert finetune(config, tmp_path / "run").status == "completed"
     encoder_state, head_state, expected = _reference_finetune(config)
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     logged = [{name: r[name] for name in ("loss", "task", "lr")} for r in history if r["kind"] == "train"]
     assert [r["lr"] for r in expected] == pytest.approx([1.5e-3, 3e-3, 3e-3])
     assert logged == expected
+    terms = {"fda": {"reg_fda", "reg_loss_pos"}, "proxy-fda": {"reg_generator", "reg_manifold", "reg_variance"},
+             "l2sp": {"reg_loss"}}[method]
+    assert terms <= set(next(r for r in history if r["kind"] == "train"))  # each regulariser's terms logged
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     for name, value in head_state.items():
         torch.testing.assert_close(checkpoint["head"][name], value, rtol=0, atol=0)
