@@ -215,16 +215,12 @@ def test_first_ldifs_record_is_zero_before_any_update(tmp_path, stochastic, expe
         assert first["reg_loss"] > 1e-2
 
 
-def _reference_finetune(config: FinetuneConfig) -> tuple[dict, dict, list[dict]]:
-    """The fine-tuning loop written out as docs/METHOD.md and the method table describe it, for a method whose
-    regulariser reads features (balanced batches) or the encoder itself (shuffled epochs): the same seeds, the same construction
-    order (so the head starts the same), CE + the regulariser (+ a proxy generator's own loss, stepped by its
-    own Adam), AdamW with weight decay on the encoder and head only, linear warm-up then cosine to zero.
-    Returns the encoder's and head's final weights and each step's (loss, task, lr)."""
-    import math
+def _reference_setup(config: FinetuneConfig):
+    """What the loop below starts from, built in `finetune`'s order (so the head's random start is the same):
+    the encoder in train mode with frozen BatchNorm and no dropout, the images, their pre-trained features,
+    the head, the regulariser, AdamW with weight decay on the encoder and head only, the generator's own Adam
+    (lr 1e-3), and the method's sampler."""
     import random
-
-    import torch.nn.functional as F
 
     from proxyfda.data import load_images
     from proxyfda.features import extract_features
@@ -232,7 +228,6 @@ def _reference_finetune(config: FinetuneConfig) -> tuple[dict, dict, list[dict]]
     from proxyfda.methods import get_method
     from proxyfda.sampling import ClassBalancedSampler, EpochSampler
 
-    config = resolve_config(config)
     method = get_method(config.method)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -246,21 +241,33 @@ def _reference_finetune(config: FinetuneConfig) -> tuple[dict, dict, list[dict]]
     regularizer = build_regularizer(method.regularizer, **options)
     generator = list(getattr(regularizer, "generator_parameters", list)())
     others = [p for p in regularizer.parameters() if all(p is not g for g in generator)]
-    optimizer = torch.optim.AdamW([{"params": [*encoder.parameters(), *head.parameters()]},
-                                   {"params": others, "weight_decay": 0.0}],
-                                  lr=config.lr, weight_decay=config.weight_decay)
-    generator_optimizer = torch.optim.Adam(generator, lr=1e-3) if generator else None
+    optimizers = [torch.optim.AdamW([{"params": [*encoder.parameters(), *head.parameters()]},
+                                     {"params": others, "weight_decay": 0.0}],
+                                    lr=config.lr, weight_decay=config.weight_decay)]
+    optimizers += [torch.optim.Adam(generator, lr=1e-3)] if generator else []
     classes = min(config.classes_per_batch, len(train.class_names))
-    if method.sampler == "balanced":
-        sampler = ClassBalancedSampler(train.labels, m=classes, n=config.batch_size // classes, features=pre.numpy(),
-                                       seed=config.seed)
-    else:
-        sampler = EpochSampler(len(train), config.batch_size, config.seed)
+    sampler = (ClassBalancedSampler(train.labels, m=classes, n=config.batch_size // classes, features=pre.numpy(),
+                                    seed=config.seed)
+               if method.sampler == "balanced" else EpochSampler(len(train), config.batch_size, config.seed))
     encoder.train()
     encoder.set_stochastic(False)  # no dropout or drop-connect (stochastic_layers is off)
     for module in encoder.modules():
         if isinstance(module, torch.nn.BatchNorm2d):  # bn_mode "frozen"
             module.eval()
+    return encoder, train, pre, head, regularizer, optimizers, sampler
+
+
+def _reference_finetune(config: FinetuneConfig) -> tuple[dict, dict, list[dict]]:
+    """The fine-tuning loop written out as docs/METHOD.md and the method table describe it, for a method whose
+    regulariser reads features (balanced batches) or the encoder itself (shuffled epochs): CE + the regulariser
+    (+ a proxy generator's own loss, stepped by its own optimiser), linear warm-up then cosine to zero.
+    Returns the encoder's and head's final weights and each step's (loss, task, lr)."""
+    import math
+
+    import torch.nn.functional as F
+
+    config = resolve_config(config)
+    encoder, train, pre, head, regularizer, optimizers, sampler = _reference_setup(config)
     logged = []
     for step in range(config.steps):
         if step < config.warmup_steps:
@@ -268,21 +275,19 @@ def _reference_finetune(config: FinetuneConfig) -> tuple[dict, dict, list[dict]]
         else:
             done = (step - config.warmup_steps) / (config.steps - config.warmup_steps)
             lr = config.lr * (1 + math.cos(math.pi * done)) / 2
-        for group in optimizer.param_groups:
+        for group in optimizers[0].param_groups:
             group["lr"] = lr
         rows = sampler.next_batch()
         feats = encoder(train.batch(rows, config.image_size))
         task = F.cross_entropy(head(feats), torch.from_numpy(train.labels[rows]))
-        inputs = (encoder,) if method.regularizer == "l2sp" else (feats, pre[rows])
+        inputs = (encoder,) if config.method == "l2sp" else (feats, pre[rows])
         terms = regularizer(*inputs, return_terms=True)
         loss = task + terms["loss"] + terms.get("generator", 0.0)
-        optimizer.zero_grad()
-        if generator_optimizer is not None:
-            generator_optimizer.zero_grad()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
-        if generator_optimizer is not None:
-            generator_optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         logged.append({"loss": loss.item(), "task": task.item(), "lr": lr})
     return encoder.state_dict(), head.state_dict(), logged
 
