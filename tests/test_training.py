@@ -314,3 +314,57 @@ def test_the_loop_trains_as_a_loop_written_out_by_hand(tmp_path, method, options
         torch.testing.assert_close(checkpoint["head"][name], value, rtol=0, atol=0)
     for name, value in encoder_state.items():
         torch.testing.assert_close(checkpoint["encoder"][name], value, rtol=0, atol=0)
+
+
+def test_probe_scores_are_the_kept_neighbours_cknna_and_cka_of_the_probe_set():
+    """What every evaluation logs, against brute force: mean overlap@10 of cosine kNN sets, and linear CKA from
+    its formula on centred features (CKNNA has its own reference tests; here it must be the report's)."""
+    from proxyfda.data import ImageSet
+    from proxyfda.metrics import cknna
+    from proxyfda.training import PROBE_K, probe_scores
+
+    rng = np.random.default_rng(3)
+    pre = rng.normal(size=(40, 6))
+    now = pre + 0.8 * rng.normal(size=pre.shape)
+    images = ImageSet(spec="rows:40", labels=np.arange(40) % 4, class_names=list("abcd"))
+
+    def neighbours(x):
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1, kind="stable")[:, :PROBE_K]
+
+    before, after = neighbours(pre), neighbours(now)
+    overlap = np.mean([len(set(b) & set(a)) / PROBE_K for b, a in zip(before, after)])
+    xc, yc = pre - pre.mean(0), now - now.mean(0)
+    cka = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    scores = probe_scores(pre, now, images)
+    assert set(scores) == {"probe_overlap", "probe_cknna", "probe_cka"}
+    assert scores["probe_overlap"] == pytest.approx(overlap, abs=1e-12)
+    assert scores["probe_cka"] == pytest.approx(cka, rel=1e-9)
+    assert scores["probe_cknna"] == pytest.approx(cknna(pre, now, PROBE_K), rel=1e-9)
+    assert probe_scores(pre[:6], now[:6], images.subset(np.arange(6)))["probe_overlap"] == 1.0  # k is capped at N − 1
+
+
+def test_a_checkpoint_keeps_a_regularisers_state_only_when_it_has_one():
+    from proxyfda.losses import build_regularizer
+    from proxyfda.training import checkpoint_state
+
+    encoder, head = torch.nn.Linear(2, 3), torch.nn.Linear(3, 2)
+    plain = checkpoint_state(encoder, head, 7)
+    assert set(plain) == {"encoder", "head", "step"} and plain["step"] == 7
+    assert plain["encoder"].keys() == encoder.state_dict().keys()
+    assert set(checkpoint_state(encoder, head, 7, build_regularizer("ldifs-final"))) == {"encoder", "head", "step"}
+    learnable = build_regularizer("fda", learn_tau=True)
+    assert checkpoint_state(encoder, head, 7, learnable)["regularizer"].keys() == learnable.state_dict().keys()
+
+
+def test_only_scalar_terms_are_logged_and_every_float_buffer_must_be_finite():
+    from proxyfda.training import _scalar_terms, finite_weights
+
+    terms = {"loss": torch.tensor(1.5), "anchor_loss": torch.tensor([1.0, 2.0]), "count": 3}
+    assert _scalar_terms(terms) == {"reg_loss": 1.5}
+    norm = torch.nn.BatchNorm1d(2)
+    assert finite_weights(norm)  # its integer counter is not a weight
+    norm.running_var[0] = float("inf")
+    assert not finite_weights(torch.nn.Linear(2, 2), norm)
