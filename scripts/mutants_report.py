@@ -109,7 +109,8 @@ def left(table: dict[str, Counter], reasons_path: Path = REASONS) -> str:
             rows.append(f"| `{function}` | {shown} | {reason or '**not yet read**'} |")
         if rows:
             out += [f"\n### `{module}`\n", "| function | change | why it is left |", "|---|---|---|", *rows]
-    return f"{unread} of the mutants left are not yet read.\n" + "\n".join(out)
+    total = sum(counts["survived"] for counts in table.values())
+    return f"{unread} of the {total} mutants left are not yet read.\n" + "\n".join(out)
 
 
 def _trimmed(before: str, after: str, context: int = 24) -> tuple[str, str]:
@@ -158,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(" ".join(survivors(modules=args.pending, codes=PENDING)))
         return 0
+    if args.left:
+        print("# Mutants left\n\nWritten by `python scripts/mutants_report.py --left > docs/MUTANTS.md` from mutmut's results "
+              "and the reasons in docs/mutants-left.toml (docs/TESTING.md says how). Per module, what mutmut generated "
+              "and what became of each mutant:\n")
     print(markdown(table))
     if args.left:
-        print("\n" + left(table))
+        print("\nEach mutant no test kills, the line it changes (before → after) and why it is left. " + left(table))
     if args.survivors:
         for name in survivors():
             print(f"\n## {name}")
