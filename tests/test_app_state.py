@@ -119,7 +119,8 @@ def test_each_value_left_out_is_named_with_its_reason(address, fresh_state, monk
     assert fresh_state["f.on"] is True
 
 
-@pytest.mark.parametrize("written, value", [("False", False), ("True", True), ("no", False), ("1", True)])
+@pytest.mark.parametrize("written, value", [("False", False), ("True", True), ("no", False), ("yes", True),
+                                            ("0", False), ("1", True), ("TRUE", True), ("false", False)])
 def test_a_flag_reads_back_what_the_form_wrote(address, fresh_state, written, value):
     """write_query_params writes str(flag); reading it back must give the flag, not bool("False") = True."""
     from app.url_state import apply_query_params, write_query_params
