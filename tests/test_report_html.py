@@ -232,6 +232,13 @@ def test_a_thumbnail_of_an_image_file_is_read_at_the_size_shown(tmp_path):
     np.testing.assert_array_equal(pixels, np.asarray(resized)[:, 4:28])
 
 
+def test_a_focus_picture_is_its_image_or_its_id_in_a_box():
+    from proxyfda.report_html import _picture
+
+    assert _picture("data:x/3", 3) == '<img src="data:x/3" alt="image 3">'
+    assert _picture(None, 3) == '<span class="noimage">3</span>'
+
+
 def test_a_neighbour_is_shown_with_its_id_class_status_and_cosine():
     from proxyfda.report_html import _thumb
 
