@@ -77,3 +77,37 @@ def test_the_sidebar_describes_the_method_preset_and_strength_chosen(method, pre
     assert not at.exception
     assert at.session_state["described"]["method"] == method
     assert at.session_state["described"]["reg_options"] == expected
+
+
+def test_safe_is_offered_for_an_open_clip_resnet_only():
+    from app.live_controls import methods_for
+    from proxyfda.methods import METHODS
+
+    everything = list(METHODS)
+    assert methods_for("open_clip:RN50") == everything and methods_for("  open_clip:RN101:openai ") == everything
+    for spec in ("efficientnet-lite0", "open_clip:ViT-B-32", "run:/x/open_clip:RN50", "open_clip:rn50"):
+        assert methods_for(spec) == [name for name in everything if name != "safe"], spec
+
+
+def test_the_sidebar_names_each_method_and_the_symbol_of_its_strength():
+    at = AppTest.from_function(_sidebar_config, default_timeout=60)
+    at.session_state["live.cfg.method"] = "l2sp"
+    at.run()
+    method = at.selectbox(key="live.cfg.method")
+    assert method.options[0] == "naive — task loss only" and "safe" not in " ".join(method.options)
+    assert at.number_input(key="live.cfg.l2sp.strength").label == "Strength α (alpha)"
+    method.set_value("fda")
+    at.run()
+    assert at.number_input(key="live.cfg.fda.strength").label == "Strength λ (weight)"
+
+
+def test_a_live_link_the_sidebar_cannot_take_is_said_and_left_out():
+    """A value the config refuses keeps its default, with a sentence; a method the encoder cannot take falls back
+    to the table's first."""
+    at = AppTest.from_function(_sidebar_config, default_timeout=60)
+    at.query_params.update({"steps": "0", "method": "safe"})
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["Ignored 'steps=0' in the address: steps must be at least 1, got 0."]
+    assert at.session_state["described"]["steps"] == 100
+    assert at.session_state["described"]["method"] == "naive"

@@ -352,6 +352,13 @@ def test_three_way_splits_each_points_pretrained_neighbours_by_who_kept_them():
                                             "tie": np.mean(b == c)})
     with pytest.raises(ProxyFDAError, match="same images"):
         three_way(both.b, compute_drift(x_b, x_c, labels, names, 6))
+    for other in (compute_drift(x_a, x_c, labels, names, 5), compute_drift(x_a[:79], x_c[:79], labels[:79], names, 6)):
+        with pytest.raises(ProxyFDAError, match="same images, with the same k"):  # k alone, or the images alone
+            three_way(both.b, other)
+    unnamed = three_way(both.b, both.c)
+    assert (unnamed.name_b, unnamed.name_c) == ("B", "C")
+    same = three_way(both.b, both.c, "run", "run")  # two runs of one name are told apart
+    assert (same.name_b, same.name_c) == ("run (1)", "run (2)")
 
 
 def steady(calls: list[tuple[str, float]], first: float = 0.0) -> None:
@@ -425,6 +432,29 @@ def test_the_three_way_route_maps_each_encoders_progress_into_its_own_stretch(mo
     assert calls[1:7] == [("pair 0.0", pytest.approx(0.05)), ("pair 0.5", pytest.approx(0.325)),
                           ("pair 1.0", pytest.approx(0.6)), ("second 0.0", pytest.approx(0.6)),
                           ("second 0.5", pytest.approx(0.725)), ("second 1.0", pytest.approx(0.85))]
+
+
+def test_embedding_progress_says_who_embeds_or_which_file_is_read_and_how_far():
+    from proxyfda.drift import _embedding_progress
+
+    calls = []
+    report = _embedding_progress(lambda m, f: calls.append((m, f)), "fine-tuned", "efficientnet-lite0", 0.05, 0.5)
+    report(128, 512)
+    report(512, 512)
+    reading = _embedding_progress(lambda m, f: calls.append((m, f)), "pre-trained", "vectors:/x/a.npy#emb", 0.2, 0.4)
+    reading(10, 10)
+    assert calls == [("Embedding 512 images with the fine-tuned encoder: 128/512", pytest.approx(0.05 + 0.5 / 4)),
+                     ("Embedding 512 images with the fine-tuned encoder: 512/512", pytest.approx(0.55)),
+                     ("Reading the pre-trained embeddings from /x/a.npy#emb: 10/10", pytest.approx(0.6))]
+    _embedding_progress(None, "fine-tuned", "efficientnet-lite0", 0.0, 1.0)(1, 2)  # no one listening: no error
+
+
+def test_the_default_factory_builds_at_the_size_asked_on_the_default_device(monkeypatch):
+    from proxyfda import device, drift, encoders
+
+    monkeypatch.setattr(device, "default_device", lambda: "meta")
+    monkeypatch.setattr(encoders, "create_encoder", lambda spec, **options: (spec, options))
+    assert drift._default_encoder("run:/x", 48) == ("run:/x", {"image_size": 48, "device": "meta"})
 
 
 def test_the_second_fine_tune_is_built_by_the_factory_given_at_the_size_asked():

@@ -157,3 +157,14 @@ def test_a_writer_saves_the_probe_as_float16_and_its_rows_as_plain_integers(tmp_
     assert {k: summary[k] for k in ("status", "steps_done", "final_eval_accuracy", "world_size")} == {
         "status": "completed", "steps_done": 12, "final_eval_accuracy": 0.5, "world_size": 2}
     assert isinstance(summary["seconds"], float) and summary["seconds"] >= 0
+
+
+def test_a_default_run_is_ready_once_its_own_recipe_has_completed(monkeypatch, tmp_path):
+    from proxyfda.runs import default_run_ready
+
+    monkeypatch.setenv("PROXYFDA_CACHE", str(tmp_path))
+    assert not default_run_ready(TINY_FINETUNE)
+    here = _run_folder(default_run_dir(TINY_FINETUNE), {"status": "stopped"})
+    assert not default_run_ready(TINY_FINETUNE)
+    (here / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert default_run_ready(TINY_FINETUNE) and not default_run_ready()  # the embedded recipe's own run is elsewhere
