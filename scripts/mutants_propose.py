@@ -27,8 +27,37 @@ def norm(line):
     return re.sub(r",?\s*device=[\w.]+", "", line).replace(" ", "").replace(",)", ")")
 
 
+def widget_words(before: str, after: str) -> bool:
+    """Whether the change is to a widget's label (a call's first argument) or its help text: that text in other
+    letters, wrapped in XX, emptied to None, or the help dropped."""
+    for match in re.finditer(r'(\w+\(|help=|^)(f?"[^"]*")', before):
+        head, text = match.group(1), match.group(2)
+        if head not in ("help=", "") and not head.startswith(("text_input(", "selectbox(", "radio(", "number_input(",
+                                                       "slider(", "checkbox(", "button(", "expander(")):
+            continue
+        start, end = match.span(2)
+        quote = text.index('"')
+        for replacement in (text[:quote + 1] + "XX" + text[quote + 1:-1] + 'XX"', text.upper(), text.lower(), "None"):
+            if before[:start] + replacement + before[end:] == after:
+                return True
+        if head == "help=" and after in (before[:match.start(1)].rstrip(", ") + before[end:],
+                                         before[:match.start(1)] + before[end:].lstrip(", ")):
+            return True
+    return False
+
+
 #: (module or None, function or None, test on (before, after), reason): the kinds read so far
 RULES = [
+    (None, None, lambda b, a: any(flag in b and flag not in a for flag in ("horizontal=True", "expanded=False")),
+     "Layout: a radio drawn down rather than across, or a section shown open rather than folded."),
+    ("app/live_controls.py", "live_controls", lambda b, a: "min_value=0.0" in b and "min_value=0.0" not in a,
+     "The strength field's lower bound: a negative strength is refused by the regulariser's own check, with a "
+     "sentence (`check_number(..., low=0.0)`, word for word in test_loss_base.py)."),
+    ("app/live_controls.py", "live_controls", lambda b, a: ("step=default / 2 or 0.1" in b and "step=default / 2 or 0.1"
+                                                            not in a) or ('format="%g"' in b and 'format="%g"' not in a),
+     "Presentation: the +/− buttons' step and the number's display format, not the value the field holds."),
+    (None, None, widget_words, "Wording: a widget's label or help text (tests find widgets by key; what a field holds "
+                               "is checked, not what it is called)."),
     # (module, function, predicate on (before, after), reason)
     (None, None, lambda b, a: norm(b) == norm(a), DEVICE),
     (None, None, lambda b, a: 'kind="STABLE"' in a, "numpy reads a sort kind in any case (`STABLE` is `stable`)."),

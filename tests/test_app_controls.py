@@ -96,9 +96,11 @@ def test_the_sidebar_names_each_method_and_the_symbol_of_its_strength():
     method = at.selectbox(key="live.cfg.method")
     assert method.options[0] == "naive — task loss only" and "safe" not in " ".join(method.options)
     assert at.number_input(key="live.cfg.l2sp.strength").label == "Strength α (alpha)"
+    assert at.session_state["described"]["reg_options"] == {"alpha": 0.5}  # the method's own strength, untouched
     method.set_value("fda")
     at.run()
     assert at.number_input(key="live.cfg.fda.strength").label == "Strength λ (weight)"
+    assert at.session_state["described"]["reg_options"] == {"preset": "ours", "weight": 1.0}
 
 
 def test_a_live_link_the_sidebar_cannot_take_is_said_and_left_out():
