@@ -36,10 +36,9 @@ def widget_words(before: str, after: str) -> bool:
                                                        "slider(", "checkbox(", "button(", "expander(")):
             continue
         start, end = match.span(2)
-        quote = text.index('"')
-        for replacement in (text[:quote + 1] + "XX" + text[quote + 1:-1] + 'XX"', text.upper(), text.lower(), "None"):
-            if before[:start] + replacement + before[end:] == after:
-                return True
+        tail = len(before) - end
+        if after[:start] == before[:start] and after[len(after) - tail:] == before[end:] and len(after) > start + tail:
+            return True  # the change lies inside the text (or replaces it with None)
         if head == "help=" and after in (before[:match.start(1)].rstrip(", ") + before[end:],
                                          before[:match.start(1)] + before[end:].lstrip(", ")):
             return True
@@ -56,6 +55,11 @@ RULES = [
     ("app/live_controls.py", "live_controls", lambda b, a: ("step=default / 2 or 0.1" in b and "step=default / 2 or 0.1"
                                                             not in a) or ('format="%g"' in b and 'format="%g"' not in a),
      "Presentation: the +/− buttons' step and the number's display format, not the value the field holds."),
+    (None, None, lambda b, a: "step=" in b and re.sub(r",?\s*step=[^,)]+", "", b).replace(" / ", " ") == re.sub(
+        r",?\s*step=[^,)]+", "", a).replace(", )", ")"), "Presentation: the +/− buttons' step, not the value a field holds."),
+    (None, None, lambda b, a: "button(" in a and any(flag in b and flag not in a for flag in ('type="primary"',
+                                                                                          'width="stretch"')),
+     "Presentation: a button's emphasis and width."),
     (None, None, widget_words, "Wording: a widget's label or help text (tests find widgets by key; what a field holds "
                                "is checked, not what it is called)."),
     # (module, function, predicate on (before, after), reason)
@@ -66,7 +70,8 @@ RULES = [
     ("app/linked_maps.py", "map_sample", lambda b, a: a == "if n < budget:", "At exactly its budget, sampling every point returns them all."),
     ("app/linked_maps.py", "map_sample", lambda b, a: "replace=None" in a, "`replace=None` is falsy like `False`: sampling without replacement either way."),
     ("proxyfda/drift.py", "ThreeWay.save", lambda b, a: "to_parquet" in a, "parquet's `index` flag: the same table is read back (the default RangeIndex is stored as metadata or not at all)."),
-    ("proxyfda/drift.py", "ThreeWay.save", lambda b, a: "json.dumps" in a, "JSON indentation: the same values are read back."),
+    (None, None, lambda b, a: "indent=2" in b and re.sub(r",?\s*indent=\w+", "", b) == re.sub(r",?\s*indent=\w+", "", a)
+     .replace(", )", ")"), "JSON indentation: the same values are read back."),
     ("proxyfda/drift.py", "run_three_way", lambda b, a: "fraction: 0)" in a, "The no-op progress callback's return value is ignored by every caller."),
     ("proxyfda/drift.py", "run_timeline", lambda b, a: "images.labels, None, k" in a, "A timeline reads no per-class figure, the only use of class names in `compute_drift`."),
     ("proxyfda/losses/fda.py", "pretrained_neighbours", lambda b, a: "shape[1]" in a, "`sims_pre` is square ([B, B]): both dimensions are B."),

@@ -55,8 +55,9 @@ def _sidebar_config() -> None:
 
     from app.live_controls import live_controls
 
-    config, _ = live_controls()
+    config, start = live_controls()
     st.session_state["described"] = config.to_dict()
+    st.session_state["started"] = start
 
 
 @pytest.mark.parametrize("method, preset, strength, expected", [
@@ -113,3 +114,21 @@ def test_a_live_link_the_sidebar_cannot_take_is_said_and_left_out():
     assert [w.value for w in at.warning] == ["Ignored 'steps=0' in the address: steps must be at least 1, got 0."]
     assert at.session_state["described"]["steps"] == 100
     assert at.session_state["described"]["method"] == "naive"
+
+
+def test_the_live_sidebar_keeps_a_run_within_a_demonstrations_bounds():
+    """A live run is a demonstration on a shared machine: at most 5,000 steps, 512 px, an evaluation at least every
+    1,000 steps; nothing below 1 (steps, evaluations), the smallest input size, seed 0 or strength 0."""
+    from proxyfda.config import MIN_IMAGE_SIZE
+
+    at = AppTest.from_function(_sidebar_config, default_timeout=60)
+    at.session_state["live.cfg.method"] = "fda"
+    at.run()
+    bounds = {"steps": (1, 5000), "eval_every": (1, 1000), "image_size": (MIN_IMAGE_SIZE, 512), "seed": (0, None),
+              "fda.strength": (0, None)}
+    for name, (low, high) in bounds.items():
+        field = at.number_input(key=f"live.cfg.{name}").proto
+        assert (field.min, field.max if field.has_max else None) == (low, high), name
+    assert at.session_state["started"] is False
+    at.button[0].click().run()  # the sidebar's one button: Start
+    assert at.session_state["started"] is True
