@@ -271,6 +271,10 @@ def test_command_line_reproduces_the_config():
 
 def test_report_file_name_is_safe():
     assert report_file_name(CONFIG) == "drift-report-script-digits-test.html"  # the folder name after the last /
+    named = dataclasses.replace(CONFIG, finetuned="run:/x/Naive-S0", data="folder:/x/BOX/")
+    assert report_file_name(named) == "drift-report-Naive-S0-folder-x-BOX.html"  # capitals kept, no "-" at the end
+    long = report_file_name(dataclasses.replace(CONFIG, data="y" * 300))
+    assert long == ("drift-report-script-" + "y" * 300)[:120] + ".html"  # at most 120 characters before .html
 
 
 def test_a_folder_or_an_unwritable_path_is_refused_before_any_work(tmp_path):

@@ -143,6 +143,28 @@ def test_a_replacement_that_fails_leaves_the_old_run_and_no_trace(tiny_run, tmp_
     assert files_of(run_dir) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+def test_an_abandoned_replacement_that_cannot_be_removed_does_not_hide_why_it_was_abandoned(tiny_run, tmp_path,
+                                                                                           monkeypatch):
+    """Leaving a replacement unfinished removes its hidden folder; a removal that fails (a file held open on another
+    system, a disk gone read-only) must not replace the error that stopped the run with its own."""
+    import shutil
+
+    from proxyfda import runs
+
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+
+    def rmtree(path, ignore_errors=False):  # shutil.rmtree's contract, on a folder that cannot be removed
+        if not ignore_errors:
+            raise PermissionError(f"cannot remove {path}")
+
+    monkeypatch.setattr(runs.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(run_dir, TINY_FINETUNE, overwrite=True):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(runs.shutil, "rmtree", shutil.rmtree)
+    assert Run.open(run_dir).status == "completed"  # the old run, untouched
+
+
 #: a process that replaces the run at argv[1] and is killed (SIGKILL, no clean-up at all) at the start of the
 #: argv[2]-th ``os.rename`` of the swap: 1 before anything moved, 2 with the old run moved aside
 KILLED_MID_SWAP = """
