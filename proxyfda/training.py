@@ -379,7 +379,7 @@ def finite_weights(*modules: nn.Module) -> bool:
 
 
 def _finetune_safe(config: FinetuneConfig, run_dir: Path, callback: Callback | None,
-                   stop: threading.Event | None, overwrite: bool = False) -> RunResult:
+                   stop: threading.Event | None, overwrite: bool) -> RunResult:
     """SAFE: only the attention pooling of an open_clip ResNet trains; see proxyfda.safe.
 
     β is chosen on a stratified share of the training images (``val_fraction``); the run's accuracy

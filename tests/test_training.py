@@ -368,3 +368,30 @@ def test_only_scalar_terms_are_logged_and_every_float_buffer_must_be_finite():
     assert finite_weights(norm)  # its integer counter is not a weight
     norm.running_var[0] = float("inf")
     assert not finite_weights(torch.nn.Linear(2, 2), norm)
+
+
+def test_a_safe_run_fits_with_the_runs_own_training_options(tmp_path, monkeypatch):
+    """SAFE's fit receives the run's steps, rate, batch, decay and seed (each a distinct value here) with its own
+    options from reg_options, and validation images drawn from the training set's share it names."""
+    from proxyfda import safe, training
+
+    class Fitted(Exception):
+        pass
+
+    seen = {}
+
+    def fit_safe(encoder, fit, val, config, progress=None, stop=None):
+        seen.update(config=config, fit=len(fit), val=len(val))
+        raise Fitted
+
+    monkeypatch.setattr(training, "create_encoder", lambda spec, **options: object())
+    monkeypatch.setattr(safe, "fit_safe", fit_safe)
+    config = FinetuneConfig(method="safe", base_encoder="open_clip:RN50", data="digits:train", eval_data="digits:test",
+                            steps=7, lr=3e-4, batch_size=12, weight_decay=0.02, seed=5,
+                            reg_options={"val_fraction": 0.25, "label_smoothing": 0.05})
+    with pytest.raises(Fitted):
+        finetune(config, tmp_path / "safe")
+    fitted = seen["config"]
+    assert (fitted.steps, fitted.lr, fitted.batch_size, fitted.weight_decay, fitted.seed) == (7, 3e-4, 12, 0.02, 5)
+    assert (fitted.val_fraction, fitted.label_smoothing) == (0.25, 0.05)
+    assert seen["val"] == pytest.approx(0.25 * (seen["fit"] + seen["val"]), abs=10)  # about a quarter, by class
