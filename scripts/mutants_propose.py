@@ -69,7 +69,9 @@ RULES = [
      "An event object without a selection reads as no points either way: `getattr(None, \"points\", [])` is `[]`."),
     ("app/linked_maps.py", "map_sample", lambda b, a: a == "if n < budget:", "At exactly its budget, sampling every point returns them all."),
     ("app/linked_maps.py", "map_sample", lambda b, a: "replace=None" in a, "`replace=None` is falsy like `False`: sampling without replacement either way."),
-    ("proxyfda/drift.py", "ThreeWay.save", lambda b, a: "to_parquet" in a, "parquet's `index` flag: the same table is read back (the default RangeIndex is stored as metadata or not at all)."),
+    (None, None, lambda b, a: "to_parquet(" in a and "index=False" in b, "parquet's `index` flag: the same table is read back (the default RangeIndex is stored as metadata or not at all)."),
+    (None, None, lambda b, a: "to_csv(" in a and a == b.replace("index=False", "index=None"),
+     "`index=None` is falsy like `False`: no index column is written."),
     (None, None, lambda b, a: "indent=2" in b and re.sub(r",?\s*indent=\w+", "", b) == re.sub(r",?\s*indent=\w+", "", a)
      .replace(", )", ")"), "JSON indentation: the same values are read back."),
     ("proxyfda/drift.py", "run_three_way", lambda b, a: "fraction: 0)" in a, "The no-op progress callback's return value is ignored by every caller."),

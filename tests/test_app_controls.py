@@ -132,3 +132,17 @@ def test_the_live_sidebar_keeps_a_run_within_a_demonstrations_bounds():
     assert at.session_state["started"] is False
     at.button[0].click().run()  # the sidebar's one button: Start
     assert at.session_state["started"] is True
+
+
+def _drift_sidebar() -> None:
+    from app.drift_controls import drift_controls
+
+    drift_controls()
+
+
+def test_the_drift_sidebar_keeps_k_and_the_sample_within_their_bounds():
+    """k from 1 to 50 neighbours; a sample of 0 (every image) or more."""
+    at = AppTest.from_function(_drift_sidebar, default_timeout=60)
+    at.run()
+    k, n = at.slider(key="drift.cfg.k").proto, at.number_input(key="drift.cfg.n").proto
+    assert (k.min, k.max) == (1, 50) and (n.min, n.has_max) == (0, False)

@@ -186,8 +186,8 @@ def test_points_frame_rows(report):
 
 
 def test_save_writes_the_report_values(report, tmp_path):
-    out = report.save(tmp_path / "drift")
-    assert out == tmp_path / "drift"
+    out = report.save(tmp_path / "new" / "drift")  # its folder is made, with any missing parent
+    assert out == tmp_path / "new" / "drift"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == report.metrics
     assert metrics["overlap_at_k_mean"] == pytest.approx(5 / 9) and metrics["jaccard_mean"] == pytest.approx(13 / 27)
