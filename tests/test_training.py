@@ -372,26 +372,39 @@ def test_only_scalar_terms_are_logged_and_every_float_buffer_must_be_finite():
 
 def test_a_safe_run_fits_with_the_runs_own_training_options(tmp_path, monkeypatch):
     """SAFE's fit receives the run's steps, rate, batch, decay and seed (each a distinct value here) with its own
-    options from reg_options, and validation images drawn from the training set's share it names."""
-    from proxyfda import safe, training
+    options from reg_options, the stop event and a progress hook; the run logs its training records (without their
+    stage), then one evaluation with the chosen β, and finishes with the fit's status."""
+    import threading
+    from types import SimpleNamespace
 
-    class Fitted(Exception):
-        pass
+    from proxyfda import safe, safe_encoder, training, zeroshot
+    from proxyfda.data import load_images
 
-    seen = {}
+    seen, logged, stop = {}, [], threading.Event()
 
     def fit_safe(encoder, fit, val, config, progress=None, stop=None):
-        seen.update(config=config, fit=len(fit), val=len(val))
-        raise Fitted
+        seen.update(config=config, fit=len(fit), val=len(val), stop=stop)
+        progress({"stage": "train", "step": 1, "loss": 2.0})
+        progress({"stage": "beta", "beta": 0.5})
+        return SimpleNamespace(status="completed", steps_done=7, beta=0.5, val_accuracy={0.5: 0.75})
 
     monkeypatch.setattr(training, "create_encoder", lambda spec, **options: object())
     monkeypatch.setattr(safe, "fit_safe", fit_safe)
+    monkeypatch.setattr(safe_encoder, "save_safe", lambda result, path: path.write_bytes(b"safe"))
+    monkeypatch.setattr(safe_encoder, "apply_safe", lambda encoder, result: encoder)
+    monkeypatch.setattr(zeroshot, "text_classifier", lambda encoder, names, templates: seen.update(templates=templates))
+    monkeypatch.setattr(zeroshot, "zero_shot_accuracy", lambda encoder, images, classifier: seen.update(
+        test=images.labels.tolist()) or 0.625)
     config = FinetuneConfig(method="safe", base_encoder="open_clip:RN50", data="digits:train", eval_data="digits:test",
-                            steps=7, lr=3e-4, batch_size=12, weight_decay=0.02, seed=5,
-                            reg_options={"val_fraction": 0.25, "label_smoothing": 0.05})
-    with pytest.raises(Fitted):
-        finetune(config, tmp_path / "safe")
+                            steps=7, lr=3e-4, batch_size=12, weight_decay=0.02, seed=5, eval_size=30,
+                            reg_options={"val_fraction": 0.25, "label_smoothing": 0.05, "templates": ["a {}"]})
+    result = finetune(config, tmp_path / "safe", callback=logged.append, stop=stop)
     fitted = seen["config"]
     assert (fitted.steps, fitted.lr, fitted.batch_size, fitted.weight_decay, fitted.seed) == (7, 3e-4, 12, 0.02, 5)
-    assert (fitted.val_fraction, fitted.label_smoothing) == (0.25, 0.05)
-    assert seen["val"] == pytest.approx(0.25 * (seen["fit"] + seen["val"]), abs=10)  # about a quarter, by class
+    assert (fitted.val_fraction, fitted.label_smoothing, seen["templates"]) == (0.25, 0.05, ("a {}",))
+    assert seen["val"] == pytest.approx(0.25 * (seen["fit"] + seen["val"]), abs=10) and seen["stop"] is stop
+    assert seen["test"] == load_images("digits:test", n=30, seed=5).labels.tolist()  # the run's own test draw
+    assert logged == [{"kind": "train", "step": 1, "loss": 2.0},
+                      {"kind": "eval", "step": 7, "accuracy": 0.625, "beta": 0.5, "val_accuracy": 0.75}]
+    assert (result.status, result.steps_done, result.final_eval_accuracy) == ("completed", 7, 0.625)
+    assert (tmp_path / "safe" / "safe.pt").read_bytes() == b"safe"
