@@ -168,3 +168,12 @@ def test_a_default_run_is_ready_once_its_own_recipe_has_completed(monkeypatch, t
     assert not default_run_ready(TINY_FINETUNE)
     (here / "summary.json").write_text(json.dumps({"status": "completed"}))
     assert default_run_ready(TINY_FINETUNE) and not default_run_ready()  # the embedded recipe's own run is elsewhere
+
+
+def test_an_interrupted_run_records_how_long_it_ran_and_why(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(tmp_path / "r", TINY_FINETUNE):
+            raise KeyboardInterrupt("asked to stop")
+    summary = Run.open(tmp_path / "r").summary()
+    assert summary["status"] == "interrupted" and summary["error"] == "KeyboardInterrupt: asked to stop"
+    assert 0 <= summary["seconds"] < 1  # the moment between opening and leaving the writer
