@@ -19,12 +19,12 @@ from mutants_report import REASONS, _function, changed_lines, results, survivors
 
 def norm(line: str) -> str:
     """A line without its device arguments (and the comma a removed last argument leaves)."""
-    return re.sub(r",?\s*device=[\w.]+", "", line).replace(" ", "").replace(",)", ")")
+    return re.sub(r",?\s*device=[\w.]+(\([\w.]*\))?", "", line).replace(" ", "").replace(",)", ")")
 
 
-DEVICE = "Device placement: the same tensor on a machine without a GPU (a meta-device stand-in cannot run this function: it reads a value back)."
-def norm(line):
-    return re.sub(r",?\s*device=[\w.]+", "", line).replace(" ", "").replace(",)", ")")
+#: the reason for a device argument dropped or None
+DEVICE = ("Device placement: the same tensor on a machine without a GPU (a meta-device stand-in cannot run this "
+          "function: it reads a value back).")
 
 
 def widget_words(before: str, after: str) -> bool:
@@ -64,6 +64,9 @@ RULES = [
                                "is checked, not what it is called)."),
     # (module, function, predicate on (before, after), reason)
     (None, None, lambda b, a: norm(b) == norm(a), DEVICE),
+    (None, None, lambda b, a: "resolve_device(config.device)" in b and a == b.replace("resolve_device(config.device)",
+                                                                                     "resolve_device(None)"),
+     "Device placement: `resolve_device(None)` is the run's default \"auto\", the CPU on a machine without a GPU."),
     (None, None, lambda b, a: 'kind="STABLE"' in a, "numpy reads a sort kind in any case (`STABLE` is `stable`)."),
     ("app/linked_maps.py", "selection_ids", lambda b, a: 'getattr(event, "selection", None)' in a,
      "An event object without a selection reads as no points either way: `getattr(None, \"points\", [])` is `[]`."),
