@@ -298,7 +298,7 @@ def test_the_loop_trains_as_a_loop_written_out_by_hand(tmp_path, method, options
     the final weights of the encoder and the head. A step that dropped a term, decayed τ and b, skipped the
     generator's optimiser or applied the rate of the wrong step would land elsewhere. Both run the same
     operations in the same order in one process, so they agree exactly."""
-    config = TINY_FINETUNE.replace(method=method, steps=3, eval_every=3, warmup_steps=2, batch_size=20,
+    config = TINY_FINETUNE.replace(method=method, steps=3, eval_every=3, warmup_steps=2, batch_size=20, eval_size=20,
                                    classes_per_batch=5, weight_decay=0.05, reg_options=options)
     assert finetune(config, tmp_path / "run").status == "completed"
     encoder_state, head_state, expected = _reference_finetune(config)
