@@ -22,10 +22,11 @@ def apply_query_params(defaults: Mapping[str, Any], prefix: str, check: Callable
         return
     st.session_state[applied_key] = given
     for name, raw in given.items():
+        kind = type(defaults[name])
         try:
-            value = _parse(type(defaults[name]), raw)
+            value = _parse(kind, raw)
         except ValueError:
-            st.warning(f"Ignored '{name}={raw}' in the address: {name} must be {_KINDS[type(defaults[name])]}.")
+            st.warning(f"Ignored '{name}={raw}' in the address: {name} must be {_KINDS[kind]}.")
             continue
         try:
             if check is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import functools
 import json
 import subprocess
 import sys
@@ -37,31 +38,24 @@ COLUMNS = ("killed", "timeout", "survived", "no tests", "not checked")
 PENDING = tuple(code for code, status in STATUS.items() if status in ("survived", "no tests", "not checked"))
 
 
+def exit_codes(root: Path = ROOT / "mutants") -> dict[str, dict[str, int | None]]:
+    """Module path (``proxyfda/drift.py``) -> each of its mutants' result, as mutmut's results files hold them."""
+    return {str(meta.relative_to(root)).removesuffix(".meta"): json.loads(meta.read_text())["exit_code_by_key"]
+            for meta in sorted(root.rglob("*.py.meta"))}
+
+
 def results(root: Path = ROOT / "mutants") -> dict[str, Counter]:
     """Module path -> how many of its mutants ended in each status."""
-    table: dict[str, Counter] = {}
-    for meta in sorted(root.rglob("*.py.meta")):
-        module = _module(meta, root)
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        if codes:
-            table[module] = Counter(STATUS.get(code, "suspicious") for code in codes.values())
-    return table
+    return {module: Counter(STATUS.get(code, "suspicious") for code in codes.values())
+            for module, codes in exit_codes(root).items() if codes}
 
 
 def survivors(root: Path = ROOT / "mutants", modules: list[str] | None = None,
               codes: tuple[int | None, ...] = (0,)) -> list[str]:
     """The names of the mutants (of ``modules``, default all) whose result is one of ``codes``: by default
     those no test killed."""
-    names = []
-    for meta in sorted(root.rglob("*.py.meta")):
-        if modules is None or _module(meta, root) in modules:
-            names += [name for name, code in json.loads(meta.read_text())["exit_code_by_key"].items() if code in codes]
-    return names
-
-
-def _module(meta: Path, root: Path) -> str:
-    """The source path a results file under ``root`` describes (``proxyfda/drift.py``)."""
-    return str(meta.relative_to(root)).removesuffix(".meta")
+    return [name for module, by_name in exit_codes(root).items() if modules is None or module in modules
+            for name, code in by_name.items() if code in codes]
 
 
 def changed_lines(module: str, name: str, root: Path = ROOT / "mutants") -> tuple[str, str]:
@@ -78,13 +72,13 @@ def changed_lines(module: str, name: str, root: Path = ROOT / "mutants") -> tupl
             " / ".join(line[1:].strip() for line in diff if line[0] == "+"))
 
 
-def _mutated_functions(path: Path, _cache: dict = {}) -> dict[str, str]:
-    if path not in _cache:
-        text = path.read_text()
-        lines = text.splitlines()
-        _cache[path] = {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in ast.walk(ast.parse(text))
-                        if isinstance(node, ast.FunctionDef) and "__mutmut_" in node.name}
-    return _cache[path]
+@functools.lru_cache(maxsize=None)
+def _mutated_functions(path: Path) -> dict[str, str]:
+    """The source of each original and mutant function in mutmut's copy of a module, by name (read once)."""
+    text = path.read_text()
+    lines = text.splitlines()
+    return {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.FunctionDef) and "__mutmut_" in node.name}
 
 
 def _function(name: str) -> str:
@@ -98,9 +92,9 @@ def left(table: dict[str, Counter], reasons_path: Path = REASONS) -> str:
     entries = tomllib.loads(reasons_path.read_text()).get("left", []) if reasons_path.exists() else []
     reasons = {(e["module"], e["function"], e["before"], e["after"]): e["reason"] for e in entries}
     out, unread = [], 0
-    for module in table:
+    for module, by_name in exit_codes().items():
         rows = []
-        for name in survivors(modules=[module]):
+        for name in (name for name, code in by_name.items() if code == 0):
             function = _function(name)
             before, after = changed_lines(module, name)
             reason = reasons.get((module, function, before, after))
@@ -160,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(survivors(modules=args.pending, codes=PENDING)))
         return 0
     if args.left:
-        print("# Mutants left\n\nWritten by `python scripts/mutants_report.py --left > docs/MUTANTS.md` from mutmut's results "
-              "and the reasons in docs/mutants-left.toml (docs/TESTING.md says how). Per module, what mutmut generated "
-              "and what became of each mutant:\n")
+        print("# Mutants left\n\nWritten by `python scripts/mutants_report.py --left > docs/MUTANTS.md` from mutmut's "
+              "results and the reasons in docs/mutants-left.toml (docs/TESTING.md says how). Per module, what mutmut "
+              "generated and what became of each mutant:\n")
     print(markdown(table))
     if args.left:
         print("\nEach mutant no test kills, the line it changes (before → after) and why it is left. " + left(table))
