@@ -302,7 +302,7 @@ def test_the_loop_trains_as_a_loop_written_out_by_hand(tmp_path, method, options
                                    classes_per_batch=5, weight_decay=0.05, reg_options=options)
     assert finetune(config, tmp_path / "run").status == "completed"
     encoder_state, head_state, expected = _reference_finetune(config)
-    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    history = Run.open(tmp_path / "run").records()
     logged = [{name: r[name] for name in ("loss", "task", "lr")} for r in history if r["kind"] == "train"]
     assert [r["lr"] for r in expected] == pytest.approx([1.5e-3, 3e-3, 3e-3])
     assert logged == expected
