@@ -500,8 +500,7 @@ class ThreeWay:
 
 def three_way(report_b: DriftReport, report_c: DriftReport, name_b: str = "B", name_c: str = "C") -> ThreeWay:
     """Compare two drift reports of the same images against the same pre-trained space."""
-    if report_b.n != report_c.n or report_b.k != report_c.k or not np.array_equal(report_b.graph_a.indices,
-                                                                                  report_c.graph_a.indices):
+    if not np.array_equal(report_b.graph_a.indices, report_c.graph_a.indices):  # (n, k): images, k and encoder
         raise ProxyFDAError("the two fine-tunes must be compared on the same images, with the same k and the same "
                             "pre-trained encoder (their pre-trained kNN graphs differ)")
     if name_b == name_c:

@@ -342,6 +342,9 @@ def test_embedding_files_are_named_by_their_file_and_column():
     assert describe("/data/x/after.parquet#emb") == "after.parquet#emb"
     assert encoder_names("vectors:/d/a.csv#v", "run:/d/runs/naive-s0", "open_clip:RN50:openai") == \
         ["a.csv#v", "naive-s0", "open_clip:RN50:openai"]
+    # relative paths keep their prefix in a plain file name; a checkpoint path inside a spec is not a run's
+    assert encoder_names("run:naive-s0", "vectors:b.npy", "open_clip:RN50:/ckpt/epoch_3.pt") == \
+        ["naive-s0", "b.npy", "open_clip:RN50:/ckpt/epoch_3.pt"]
 
 
 def test_probe_images_are_the_eval_images_the_run_drew_with_its_own_seed(tmp_path):
