@@ -104,19 +104,20 @@ def test_no_selection_highlights_nothing():
     assert all("selectedpoints" not in s["data"][0] for s in specs.values())
 
 
-def test_focus_rings_each_maps_own_neighbours():
+@pytest.mark.parametrize("focus", [3, 0])  # point 0 is a focus like any other
+def test_focus_rings_each_maps_own_neighbours(focus):
     """The focused point's rings are its pre-trained neighbours on the left, fine-tuned on the right."""
-    specs = map_specs(run_views(**{SELECTION_KEY: [3], FOCUS_KEY: 3}))
+    specs = map_specs(run_views(**{SELECTION_KEY: [focus], FOCUS_KEY: focus}))
     for key, coords, graph in (("drift.map_a", X_A, PRE), ("drift.map_b", X_B, FT)):
         names = [t.get("name") for t in specs[key]["data"]]
         assert names == ["points", "neighbours", "focus"]
         rings = specs[key]["data"][1]
         ringed = {int(np.flatnonzero(np.isclose(coords[:, 0], x) & np.isclose(coords[:, 1], y))[0])
                   for x, y in zip(values(rings["x"]), values(rings["y"]))}
-        assert ringed == graph[3], key
+        assert ringed == graph[focus], key
         star = specs[key]["data"][2]
-        assert (values(star["x"])[0], values(star["y"])[0]) == pytest.approx(tuple(coords[3, :2]))
-        assert specs[key]["data"][0]["selectedpoints"] == [3]
+        assert (values(star["x"])[0], values(star["y"])[0]) == pytest.approx(tuple(coords[focus, :2]))
+        assert specs[key]["data"][0]["selectedpoints"] == [focus]
 
 
 def _panel_sets(at: AppTest) -> dict[str, set[int]]:

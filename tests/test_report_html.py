@@ -91,6 +91,18 @@ def test_each_score_row_holds_its_own_value_null_and_interval(analysis, page):
             assert (null, interval) == ("—", "—"), key
 
 
+def test_a_score_of_exactly_zero_is_shown_as_zero():
+    """A space compared with itself: Procrustes disparity and L2 drift are 0 (a value, not "not computed")."""
+    from proxyfda.data import load_images
+
+    images = load_images("digits:test", n=60)
+    x_a = synthetic_features(images.labels)[0]
+    report = compute_drift(x_a, x_a, images.labels, images.class_names, CONFIG.k)
+    page = report_html(report, images, (linear_map(x_a), linear_map(x_a)), calibrate(report, x_a, x_a), CONFIG)
+    rows = dict(re.findall(r'<tr><th scope="row">([^<]+)</th><td class="num">([^<]+)</td>', page))
+    assert (rows["Procrustes disparity"], rows["mean L2 drift"], rows["overlap@5"]) == ("0.000", "0.000", "1.000")
+
+
 def test_each_class_row_holds_its_own_figures(analysis, page):
     report = analysis[0]
     for _, row in report.class_table.iterrows():
@@ -178,6 +190,8 @@ def test_the_most_drifted_points_come_with_their_neighbours_as_embedded_pngs(ana
         assert len(sources) == 1 + 2 * report.k  # the image, its neighbours before and after
         shown = [int(j) for j in re.findall(r'alt="image (\d+)"', card)]
         assert shown == [i, *report.graph_a.indices[i], *report.graph_b.indices[i]]
+        shared = len(set(report.graph_a.indices[i]) & set(report.graph_b.indices[i]))  # the card's own figures
+        assert f"overlap@5 {shared / 5:.2f} · Jaccard {shared / (10 - shared):.2f} · L2 drift" in card
     first = re.search(r'src="data:image/png;base64,([^"]+)"', cards[0]).group(1)
     pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("RGB"))
     np.testing.assert_array_equal(pixels, images.thumbnail(drifted[0]))

@@ -202,8 +202,11 @@ def test_cached_drift_is_compute_drift_read_back(tmp_path, monkeypatch):
                 assert got.equals(want)
             else:
                 assert got == want and type(got) is type(want), field.name
-    with pytest.raises(AssertionError, match="recomputed"):  # other k: another report
-        drift.cached_drift(x_a, x_b, labels, ["a", "b", "c"], k=4, root=tmp_path)
+    asked = dict(x_a=x_a, x_b=x_b, labels=labels, class_names=["a", "b", "c"], k=5, root=tmp_path)
+    for other in (dict(k=4), dict(labels=labels[::-1]), dict(class_names=["a", "b", "z"]), dict(backend="exact"),
+                  dict(x_b=x_a)):
+        with pytest.raises(AssertionError, match="recomputed"):  # any other input: another report
+            drift.cached_drift(**{**asked, **other})
 
 
 def test_a_runs_timeline_matches_brute_force_neighbours(tiny_run):

@@ -43,6 +43,10 @@ def test_hard_mining_puts_similar_classes_together():
     random_batches = ClassBalancedSampler(labels_for(32, 5), m=8, n=4, class_means=means, hard_fraction=0.0, seed=1)
     mixed = [len(set(groups[random_batches.next_batch()[::4] // 5])) for _ in range(10)]
     assert max(mixed) > 1
+    # an explicit 0 stays 0 when class means are given (None would mean the documented 0.5)
+    assert random_batches.hard_fraction == 0.0
+    assert not any(random_batches.next_batch() is not None and random_batches.records["hard"] for _ in range(50))
+    assert ClassBalancedSampler(labels_for(32, 5), m=8, n=4, class_means=means).hard_fraction == 0.5
 
 
 def test_class_means_can_come_from_per_image_features():
