@@ -69,6 +69,22 @@ BUGS = (
     Bug("an HTML report that prints a user-supplied string unescaped", "proxyfda/report_html.py",
         "return html.escape(str(value), quote=True)", "return str(value)",
         "tests/test_report_html.py::test_every_place_a_user_string_reaches_is_escaped"),
+    # a second round, planted before the reviewer's next one: these five passed every test until tests were added
+    Bug("an explicit hard_fraction=0 replaced by the default when class means are given", "proxyfda/sampling.py",
+        "if hard_fraction is None:", "if not hard_fraction:",
+        "tests/test_sampling.py::test_hard_mining_puts_similar_classes_together"),
+    Bug("a drifted point's card shows its overlap as its Jaccard", "proxyfda/report_html.py",
+        "Jaccard {report.jaccard[i]:.2f}", "Jaccard {report.overlap[i]:.2f}",
+        "tests/test_report_html.py::test_the_most_drifted_points_come_with_their_neighbours_as_embedded_pngs"),
+    Bug("a score of exactly 0 reported as not computed", "proxyfda/report_html.py",
+        "cell = _number(value) if value is not None", "cell = _number(value) if value",
+        "tests/test_report_html.py::test_a_score_of_exactly_zero_is_shown_as_zero"),
+    Bug("point 0 focused but drawn without its neighbour rings", "app/linked_maps.py",
+        "ring = panel.neighbours[focus] if focus is not None else ()", "ring = panel.neighbours[focus] if focus else ()",
+        "tests/test_app_views.py::test_focus_rings_each_maps_own_neighbours"),
+    Bug("the report cache serves a report computed for other labels", "proxyfda/drift.py",
+        "for array in (x_a, x_b, labels):", "for array in (x_a, x_b):",
+        "tests/test_runs.py::test_cached_drift_is_compute_drift_read_back"),
 )
 
 
