@@ -28,18 +28,18 @@ DEVICE = ("Device placement: the same tensor on a machine without a GPU (a meta-
 
 
 def widget_words(before: str, after: str) -> bool:
-    """Whether the change is to a widget's label (a call's first argument) or its help text: that text in other
-    letters, wrapped in XX, emptied to None, or the help dropped."""
-    for match in re.finditer(r'(\w+\(|help=|^)(f?"[^"]*")', before):
+    """Whether the change is to a widget's label (a call's first argument), its help text or its placeholder:
+    that text in other letters, wrapped in XX, emptied to None, or the help or placeholder dropped."""
+    for match in re.finditer(r'(\w+\(|help=|placeholder=|^)(f?"[^"]*")', before):
         head, text = match.group(1), match.group(2)
-        if head not in ("help=", "") and not head.startswith(("text_input(", "selectbox(", "radio(", "number_input(",
+        if head not in ("help=", "placeholder=", "") and not head.startswith(("text_input(", "selectbox(", "radio(", "number_input(",
                                                        "slider(", "checkbox(", "button(", "expander(")):
             continue
         start, end = match.span(2)
         tail = len(before) - end
         if after[:start] == before[:start] and after[len(after) - tail:] == before[end:] and len(after) > start + tail:
             return True  # the change lies inside the text (or replaces it with None)
-        if head == "help=" and after in (before[:match.start(1)].rstrip(", ") + before[end:],
+        if head in ("help=", "placeholder=") and after in (before[:match.start(1)].rstrip(", ") + before[end:],
                                          before[:match.start(1)] + before[end:].lstrip(", ")):
             return True
     return False
@@ -60,8 +60,8 @@ RULES = [
     (None, None, lambda b, a: "button(" in a and any(flag in b and flag not in a for flag in ('type="primary"',
                                                                                           'width="stretch"')),
      "Presentation: a button's emphasis and width."),
-    (None, None, widget_words, "Wording: a widget's label or help text (tests find widgets by key; what a field holds "
-                               "is checked, not what it is called)."),
+    (None, None, widget_words, "Wording: a widget's label, help text or placeholder (tests find widgets by key; what a "
+                               "field holds is checked, not what it is called)."),
     (None, None, lambda b, a: norm(b) == norm(a), DEVICE),
     (None, None, lambda b, a: "resolve_device(config.device)" in b and a == b.replace("resolve_device(config.device)",
                                                                                      "resolve_device(None)"),

@@ -141,8 +141,13 @@ def _drift_sidebar() -> None:
 
 
 def test_the_drift_sidebar_keeps_k_and_the_sample_within_their_bounds():
-    """k from 1 to 50 neighbours; a sample of 0 (every image) or more."""
+    """k from 1 to 50 neighbours; a sample of 0 (every image) or more; an input size of 0 (each encoder's own) up
+    to the largest the project takes."""
+    from proxyfda.config import MAX_IMAGE_SIZE
+
     at = AppTest.from_function(_drift_sidebar, default_timeout=60)
     at.run()
     k, n = at.slider(key="drift.cfg.k").proto, at.number_input(key="drift.cfg.n").proto
     assert (k.min, k.max) == (1, 50) and (n.min, n.has_max) == (0, False)
+    size = at.number_input(key="drift.cfg.image_size").proto
+    assert (size.has_min, size.min, size.has_max, size.max) == (True, 0, True, MAX_IMAGE_SIZE)
