@@ -383,7 +383,7 @@ def test_a_safe_run_fits_with_the_runs_own_training_options(tmp_path, monkeypatc
     seen, logged, stop = {}, [], threading.Event()
 
     def fit_safe(encoder, fit, val, config, progress=None, stop=None):
-        seen.update(config=config, fit=len(fit), val=len(val), stop=stop)
+        seen.update(config=config, fit=len(fit), val=len(val), stop=stop, fit_pixels=fit.pixels)
         progress({"stage": "train", "step": 1, "loss": 2.0})
         progress({"stage": "beta", "beta": 0.5})
         return SimpleNamespace(status="completed", steps_done=7, beta=0.5, val_accuracy={0.5: 0.75})
@@ -408,3 +408,9 @@ def test_a_safe_run_fits_with_the_runs_own_training_options(tmp_path, monkeypatc
                       {"kind": "eval", "step": 7, "accuracy": 0.625, "beta": 0.5, "val_accuracy": 0.75}]
     assert (result.status, result.steps_done, result.final_eval_accuracy) == ("completed", 7, 0.625)
     assert (tmp_path / "safe" / "safe.pt").read_bytes() == b"safe"
+    training_images = load_images("digits:train")  # β's share drawn with the run's seed
+    kept = training.stratified_split(training_images.labels, 0.75, 5)[0]
+    np.testing.assert_array_equal(seen["fit_pixels"], training_images.pixels[kept])
+    with pytest.raises(ProxyFDAError, match="overwrite"):
+        finetune(config, tmp_path / "safe")
+    assert finetune(config, tmp_path / "safe", overwrite=True).status == "completed"  # replaced when asked
