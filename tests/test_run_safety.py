@@ -236,6 +236,42 @@ def test_each_reader_puts_back_a_run_left_aside_by_a_dead_swap(tiny_run, tmp_pat
         shutil.rmtree(tmp_path / "run")
 
 
+def test_a_run_whose_name_holds_old_is_put_back_under_its_own_name(tiny_run, tmp_path):
+    """The name is what comes before the last ``.old-`` (the random suffix), not the first."""
+    aside = copy_run(tiny_run, tmp_path / ".a.old-b.old-0a1b2c3d")
+    before = files_of(aside)
+    assert [run.name for run in list_runs(tmp_path)] == ["a.old-b"]
+    assert files_of(tmp_path / "a.old-b") == before
+
+
+def _stubborn_rmtree(monkeypatch) -> None:
+    """``shutil.rmtree`` that cannot delete a replaced run's old copy (a file held open on a network disk, say):
+    an error, or nothing when told to ignore errors, as rmtree does."""
+    real = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **options):
+        if ".old-" not in str(path):
+            return real(path, ignore_errors=ignore_errors, **options)
+        if not ignore_errors:
+            raise PermissionError(f"cannot remove {path}")
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+
+
+def test_an_old_copy_that_cannot_be_deleted_costs_no_run(tiny_run, tmp_path, monkeypatch):
+    """A replacement has finished once the new run has the name: an old copy left undeletable beside it does
+    not fail the run (nor discard it); the next overwrite clears what is left, or goes on without it."""
+    run_dir = copy_run(tiny_run, tmp_path / "run")
+    _stubborn_rmtree(monkeypatch)
+    assert finetune(TINY_FINETUNE.replace(steps=2, seed=1), run_dir, overwrite=True).status == "completed"
+    assert Run.open(run_dir).config.seed == 1 and Run.open(run_dir).status == "completed"
+    assert len(list(tmp_path.glob(".run.old-*"))) == 1
+    assert finetune(TINY_FINETUNE.replace(steps=2, seed=2), run_dir, overwrite=True).status == "completed"
+    monkeypatch.undo()
+    finetune(TINY_FINETUNE.replace(steps=2, seed=3), run_dir, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"] and Run.open(run_dir).config.seed == 3
+
+
 def test_the_forgetting_measurement_waits_for_no_one(holder):
     """Keeping a measurement writes into the run directory, so it takes the run's lock: with the run held by
     another process it fails at once, and nothing is written."""

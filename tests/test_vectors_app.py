@@ -58,11 +58,12 @@ def test_two_embedding_files_give_a_report_without_thumbnails(files):
 def test_a_link_with_embedding_files_opens_the_files_form(files):
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.query_params.update({"pretrained": f"vectors:{files / 'a.npy'}", "finetuned": f"vectors:{files / 'b.parquet'}",
-                            "data": f"rows:{N}", "n": "0", "k": "4"})
+                            "data": f"rows:{N}", "n": "0", "k": "4", "labels": str(files / "labels.txt")})
     at.run()
     assert not at.exception and not at.error
     assert at.session_state[SOURCE_KEY] == FILES_SOURCE
     assert at.text_input(key=VEC_A).value == str(files / "a.npy") and at.text_input(key=VEC_IMAGES).value == ""
+    assert at.text_input(key="drift.cfg.labels").value == str(files / "labels.txt")
     assert at.text_input(key=VEC_B).value == str(files / "b.parquet")
     assert [m.label for m in at.metric][:1] == ["overlap@4"]
 
