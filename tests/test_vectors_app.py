@@ -64,6 +64,7 @@ def test_a_link_with_embedding_files_opens_the_files_form(files):
     assert at.session_state[SOURCE_KEY] == FILES_SOURCE
     assert at.text_input(key=VEC_A).value == str(files / "a.npy") and at.text_input(key=VEC_IMAGES).value == ""
     assert at.text_input(key="drift.cfg.labels").value == str(files / "labels.txt")
+    assert (at.number_input(key="drift.cfg.n").value, at.slider(key="drift.cfg.k").value) == (0, 4)
     assert at.text_input(key=VEC_B).value == str(files / "b.parquet")
     assert [m.label for m in at.metric][:1] == ["overlap@4"]
 
