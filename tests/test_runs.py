@@ -207,6 +207,10 @@ def test_cached_drift_is_compute_drift_read_back(tmp_path, monkeypatch):
                   dict(x_b=x_a)):
         with pytest.raises(AssertionError, match="recomputed"):  # any other input: another report
             drift.cached_drift(**{**asked, **other})
+    monkeypatch.undo()
+    said = []  # a report computed afresh gets the backend asked for and reports its progress
+    hnsw = drift.cached_drift(**asked, backend="faiss-hnsw", progress=lambda message, at: said.append(message))
+    assert hnsw.metrics["knn_backend"] == "faiss-hnsw" and any("faiss-hnsw" in message for message in said)
 
 
 def test_a_runs_timeline_matches_brute_force_neighbours(tiny_run):
