@@ -35,6 +35,27 @@ def test_probe_separable_vs_random_labels():
         linear_probe(x, np.zeros(len(x), int), x, y)
 
 
+def test_the_probe_picks_c_on_the_split_then_refits_on_every_training_row():
+    """Each C's validation accuracy is a fit on 75 % scored on the rest; the chosen C is refitted on all the
+    training rows (sklearn directly, unit rows); ties go to the stronger regularisation (the smaller C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    rng = np.random.default_rng(0)
+    y = np.arange(150) % 3
+    x = rng.normal(size=(3, 6))[y] + 1.2 * rng.normal(size=(150, 6))
+    x_train, y_train, x_test, y_test = x[:90], y[:90], x[90:], y[90:]
+    result = linear_probe(x_train, y_train, x_test, y_test, Cs=(0.5,))
+    fit, val = stratified_split(y_train, 0.75, 0)
+    on_split = LogisticRegression(C=0.5, max_iter=2000).fit(unit(x_train)[fit], y_train[fit])
+    assert result.val_accuracy == {0.5: on_split.score(unit(x_train)[val], y_train[val])}
+    whole = LogisticRegression(C=0.5, max_iter=2000).fit(unit(x_train), y_train)
+    assert result.accuracy == whole.score(unit(x_test), y_test) != on_split.score(unit(x_test), y_test)
+    x_sep, y_sep = blobs()
+    separable = linear_probe(x_sep, y_sep, x_sep, y_sep, Cs=(100.0, 0.01, 1.0))
+    assert set(separable.val_accuracy.values()) == {1.0} and separable.C == 0.01
+
+
 def test_otdd_is_zero_for_identical_sets_and_label_aware():
     x, y = blobs(n_per_class=30)
     assert otdd(x, y, x, y) == pytest.approx(0.0, abs=1e-3)  # sqrt of float round-off
