@@ -245,3 +245,21 @@ def test_the_tradeoff_figure_gives_each_method_its_own_colour_and_naive_a_star()
     for trace in lines:
         np.testing.assert_allclose(trace.x, frontier(rows, trace.name)[0])
     assert fig.data[-1].name == "your runs" and list(fig.data[-1].y) == [-1.0]
+
+
+def test_the_over_time_chart_plots_each_score_and_the_share_broken_per_step():
+    """One line per logged score (named with k, absent when never logged) over the steps, and a bar per step for
+    the share of points whose overlap@k with step 0 fell below 0.5, worked out by hand."""
+    from app.timeline_view import scores_figure
+    from proxyfda.data import ImageSet
+    from proxyfda.drift import Timeline
+
+    overlap = np.array([[1.0, 1.0, 1.0, 1.0, 1.0], [0.4, 0.6, 1.0, 0.2, 0.8], [0.0, 0.4, 0.2, 0.6, 0.5]])
+    scores = pd.DataFrame({"step": [0, 10, 20], "overlap@k": [1.0, 0.6, 0.34], "CKNNA": [1.0, 0.7, 0.5],
+                           "linear CKA": [1.0, 0.9, 0.8], "task accuracy": [np.nan] * 3})
+    images = ImageSet("rows:5", np.zeros(5, int), ["one"])
+    fig = scores_figure(Timeline([0, 10, 20], overlap, scores, images, 5, []))
+    lines = {trace.name: list(trace.y) for trace in fig.data if trace.type == "scatter"}
+    assert lines == {"overlap@5": [1.0, 0.6, 0.34], "CKNNA": [1.0, 0.7, 0.5], "linear CKA": [1.0, 0.9, 0.8]}
+    (bar,) = [trace for trace in fig.data if trace.type == "bar"]
+    assert list(bar.x) == [0, 10, 20] and list(bar.y) == pytest.approx([0.0, 0.4, 0.6])
