@@ -177,3 +177,34 @@ def test_an_interrupted_run_records_how_long_it_ran_and_why(tmp_path):
     summary = Run.open(tmp_path / "r").summary()
     assert summary["status"] == "interrupted" and summary["error"] == "KeyboardInterrupt: asked to stop"
     assert 0 <= summary["seconds"] < 1  # the moment between opening and leaving the writer
+
+
+def test_the_runs_table_shows_each_runs_last_evaluation_and_none_before_its_first(tmp_path):
+    """overlap@10 and CKNNA come from the last evaluation's probe_overlap and probe_cknna (not its CKA); a run
+    stopped before any evaluation after step 0 has none to show (step 0 compares the encoder with itself)."""
+    from proxyfda.live import runs_table
+
+    evals = [{"kind": "eval", "step": 0, "probe_overlap": 1.0, "probe_cknna": 1.0, "probe_cka": 1.0},
+             {"kind": "train", "step": 3, "loss": 0.5},
+             {"kind": "eval", "step": 5, "probe_overlap": 0.6, "probe_cknna": 0.3, "probe_cka": 0.9}]
+    lines = "".join(json.dumps(record) + "\n" for record in evals)
+    _run_folder(tmp_path / "a", {"status": "completed", "steps_done": 5}, lines)
+    _run_folder(tmp_path / "b", {"status": "stopped", "steps_done": 2}, lines.splitlines(keepends=True)[0])
+    table = runs_table(list_runs(tmp_path)).set_index("run")
+    assert (table.loc["a", "overlap@10"], table.loc["a", "CKNNA"], table.loc["a", "steps"]) == (0.6, 0.3, 5)
+    assert table.loc["b", ["overlap@10", "CKNNA"]].isna().all()
+
+
+def test_every_json_a_run_keeps_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Summaries and measurements go through the atomic writer (a temporary file renamed into place), so a
+    crash mid-write leaves the previous file, never half of one."""
+    from proxyfda import runs
+
+    written = []
+    real = runs.atomic_write_text
+    monkeypatch.setattr(runs, "atomic_write_text", lambda path, text: written.append(path.name) or real(path, text))
+    with RunWriter(tmp_path / "r", TINY_FINETUNE) as writer:
+        writer.save_json("wise.json", {"alpha": 0.5})
+        writer.finish("completed", 1, 0.5)
+    assert {"config.json", "summary.json", "wise.json"} <= set(written)
+    assert json.loads((tmp_path / "r" / "wise.json").read_text()) == {"alpha": 0.5}

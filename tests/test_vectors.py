@@ -432,3 +432,20 @@ def test_a_column_follows_the_last_hash_of_the_source():
 
     assert split_source("runs/v#2/e.csv#emb") == (Path("runs/v#2/e.csv"), "emb")
     assert split_source("e.parquet# ") == (Path("e.parquet"), None)
+
+
+def test_a_file_rewritten_in_place_is_read_again(tmp_path):
+    """The in-memory copy is keyed by path, size and modification time: new values of the same shape and dtype
+    (the same size on disk) are read afresh once the file's time has changed."""
+    import os
+
+    from proxyfda.vectors import load_vectors
+
+    path = tmp_path / "a.npy"
+    np.save(path, np.eye(4, 3, dtype=np.float32) + 1)
+    first = load_vectors(str(path))
+    np.save(path, np.ones((4, 3), np.float32))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(first, np.eye(4, 3) + 1)
+    np.testing.assert_array_equal(load_vectors(str(path)), np.ones((4, 3)))
