@@ -35,6 +35,10 @@ def test_the_inspection_reads_the_loss_records_and_they_agree_with_brute_force()
     pairs = found.pairs(5)
     assert len(pairs) == B - 1 and pairs.positive.sum() == 4 and 5 not in set(pairs.image)
     np.testing.assert_allclose(pairs.ft_cos, batch.ft[5] @ batch.ft[pairs.image].T, atol=1e-5)
+    others = [j for j in range(B) if j != 5]  # nearest in the pre-trained space first, by brute force
+    nearest_first = sorted(others, key=lambda j: -float(batch.pre[5] @ batch.pre[j]))
+    assert list(pairs.image) == nearest_first
+    np.testing.assert_allclose(pairs.pre_cos, [batch.pre[5] @ batch.pre[j] for j in nearest_first], atol=1e-6)
     assert (pairs.weight[pairs.positive] >= 0).all() and (pairs.weight[~pairs.positive] <= 0).all()
     proxies = found.proxies(5)
     assert list(proxies.side) == ["positive"] * 3 + ["negative"] * 3
