@@ -296,3 +296,16 @@ def test_the_losss_own_options_are_refused_by_name(options, says):
         ProxyFDALoss(**options)
     assert str(error.value) == says
     assert ProxyFDALoss(proxy_weight=0).proxy_weight == 0.0
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_sequence_conv_is_torchs_conv1d_with_same_padding(kernel_size):
+    """Tap t of the one matmul is Conv1d's kernel position t: the same weights through F.conv1d on [B, C, S]."""
+    from proxyfda.losses.proxy_generator import SequenceConv
+
+    torch.manual_seed(0)
+    conv = SequenceConv(4, 3, kernel_size)
+    x = torch.randn(2, 7, 4, dtype=torch.float64)
+    weight = conv.weight.detach().double().reshape(4, kernel_size, 3).permute(2, 0, 1)  # [out, in, k]
+    reference = F.conv1d(x.transpose(1, 2), weight, conv.bias.detach().double(), padding=kernel_size // 2)
+    torch.testing.assert_close(conv.double()(x), reference.transpose(1, 2))

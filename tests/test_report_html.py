@@ -416,3 +416,23 @@ def test_the_drift_explorer_exports_the_analysis_on_screen(monkeypatch, tmp_path
     shown = next(m.value for m in at.metric if m.label == "overlap@5")
     assert page.startswith("<!doctype html>") and f'<td class="num">{shown}</td>' in page  # the panel's score
     assert page.count('<article class="card">') == 12 and 'id="maps-figure"' in page
+
+
+def test_the_versions_recorded_are_the_installed_ones():
+    """Python's version, then each listed package's installed version from its metadata; a package that is
+    not installed (faiss-gpu on a CPU machine) is left out and the rest are still read."""
+    import platform
+    from importlib import metadata
+
+    from proxyfda.report_html import VERSIONED, environment_versions
+
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    expected = {"python": platform.python_version()}
+    expected.update({name: installed(name) for name in VERSIONED if installed(name) is not None})
+    assert environment_versions() == expected
+    assert expected["numpy"] == np.__version__
