@@ -82,3 +82,14 @@ def test_bad_data_specs(tmp_path):
     (tmp_path / "empty" / "a.txt").write_text("x")
     with pytest.raises(ProxyFDAError, match=r"no readable images.*1 files skipped"):
         load_images(f"folder:{tmp_path / 'empty'}")
+
+
+def test_a_sample_of_a_sample_keeps_each_images_row_in_the_whole_set():
+    """Embedding files are aligned through ``rows``: a subset of a sample names the whole set's rows, so its
+    labels are the whole set's labels at those rows."""
+    whole = load_images("digits:test")
+    sample = load_images("digits:test", n=50)
+    subset = sample.subset([5, 0, 9])
+    np.testing.assert_array_equal(subset.rows, sample.rows[[5, 0, 9]])
+    np.testing.assert_array_equal(whole.labels[subset.rows], subset.labels)
+    assert subset.whole == len(whole)

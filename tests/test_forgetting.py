@@ -22,6 +22,8 @@ def test_stratified_split_keeps_class_shares():
     first, second = stratified_split(labels, 2 / 3, seed=1)
     assert len(np.intersect1d(first, second)) == 0 and len(first) + len(second) == 180
     assert np.bincount(labels[first]).tolist() == [20, 40, 60]
+    first, _ = stratified_split(np.zeros(10, int), 0.77)  # 7.7 rounds to 8, not down to 7
+    assert len(first) == 8
 
 
 def test_probe_separable_vs_random_labels():

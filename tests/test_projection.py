@@ -125,3 +125,18 @@ def test_projection_input_errors():
         project_pair(x[:3], x[:3])
     with pytest.raises(ProxyFDAError, match="at least 4 images"):
         project_sequence([x[:3], x[:3]])
+
+
+def test_a_linear_map_projects_other_rows_on_the_basis_principal_axes():
+    """Rows are centred on the basis's mean (which lands on the origin) and projected on its first two principal
+    axes, as numpy's SVD gives them (up to each axis's sign)."""
+    from proxyfda.projection import linear_map
+
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(40, 5)) * [5.0, 2.0, 1.0, 0.5, 0.1] + 3.0
+    x = rng.normal(size=(7, 5)) + 10.0
+    _, _, vt = np.linalg.svd(basis - basis.mean(0), full_matrices=False)
+    expected = (x - basis.mean(0)) @ vt[:2].T
+    got = linear_map(x, fit_on=basis)
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), rtol=1e-5)
+    np.testing.assert_allclose(linear_map(basis.mean(0, keepdims=True), fit_on=basis), 0.0, atol=1e-5)
