@@ -82,3 +82,17 @@ def test_a_failing_job_keeps_its_error_as_a_sentence(tmp_path):
     job = trainer.submit(TINY_FINETUNE.replace(data="folder:/nonexistent/images"), owner="a")
     assert trainer.wait(job, timeout=60)
     assert job.state == "failed" and "/nonexistent/images" in job.error
+
+
+def test_the_eta_is_the_pace_since_the_first_step_times_the_steps_left(tmp_path, monkeypatch):
+    """First step logged at t = 100 s, step 3 at t = 120 s: 10 s a step since the first, 7 of 10 steps left."""
+    from proxyfda import live
+
+    clock = iter([100.0, 120.0])
+    monkeypatch.setattr(live.time, "time", lambda: next(clock))
+    job = live.LiveJob("j", TINY_FINETUNE.replace(steps=10), tmp_path / "r", "a", state="running", submitted=0.0)
+    job.record({"kind": "train", "step": 1})
+    assert job.eta_seconds() is None  # one step is no pace yet
+    job.record({"kind": "eval", "step": 2})
+    job.records.append({"kind": "train", "step": 3})
+    assert job.eta_seconds() == pytest.approx(70.0)
