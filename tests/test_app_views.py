@@ -158,6 +158,11 @@ def test_neighbour_panel_lists_the_reports_kept_lost_gained(report, focus):
     for name in ("kept", "lost", "gained"):
         assert shown[name] == split[name], name
         assert shown[name + "_count"] == {len(split[name])}
+    captions = "\n".join(str(getattr(e, "value", "")) for block in at.main.children.values() for e in _walk(block))
+    for name, graph in (("kept", report.graph_a), ("lost", report.graph_a), ("gained", report.graph_b)):
+        sims = dict(zip(graph.indices[focus].tolist(), graph.similarities[focus].tolist()))  # the space it is in
+        for j in split[name]:
+            assert f"{j} · {CLASS_NAMES[LABELS[j]]} · {sims[j]:.2f}" in captions, (name, j)
     text = "\n".join(m.value for m in at.markdown)
     assert f"**Point {focus}** · class **{CLASS_NAMES[LABELS[focus]]}**" in text
     assert f"overlap@2 = **{report.overlap[focus]:.2f}**" in text
@@ -263,3 +268,23 @@ def test_the_over_time_chart_plots_each_score_and_the_share_broken_per_step():
     assert lines == {"overlap@5": [1.0, 0.6, 0.34], "CKNNA": [1.0, 0.7, 0.5], "linear CKA": [1.0, 0.9, 0.8]}
     (bar,) = [trace for trace in fig.data if trace.type == "bar"]
     assert list(bar.x) == [0, 10, 20] and list(bar.y) == pytest.approx([0.0, 0.4, 0.6])
+
+
+def _selection_script():
+    from app.neighbours import selection_grid
+    from proxyfda.data import ImageSet
+    from proxyfda.drift import compute_drift
+    from test_drift import CLASS_NAMES, LABELS, X_A, X_B
+
+    report = compute_drift(X_A, X_B, LABELS, CLASS_NAMES, 2, backend="torch")
+    images = ImageSet(spec="hand", labels=LABELS, class_names=CLASS_NAMES)
+    selection_grid(images, report, list(range(len(LABELS))), show_images=False, limit=3)
+
+
+def test_a_large_selection_shows_its_most_drifted_points_first(report):
+    """Past its limit, a selection shows the points of lowest overlap, lowest first (ties in id order)."""
+    at = AppTest.from_function(_selection_script, default_timeout=60).run()
+    assert not at.exception
+    lowest = np.argsort(report.overlap, kind="stable")[:3]
+    assert "; ".join(f"{i} · {report.overlap[i]:.1f}" for i in lowest) in [m.value for m in at.markdown]
+    assert "(showing the 3 most drifted)" in at.markdown[0].value
