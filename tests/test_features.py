@@ -47,3 +47,16 @@ def test_changed_weights_data_or_resolution_miss_the_cache(tmp_path, tiny_run):
         base.backbone._conv_head.weight.mul_(1.5)
     base.invalidate_hash()
     assert not np.allclose(extract_features(base, images, root=tmp_path), a)
+
+
+def test_an_encoder_source_finds_only_the_features_of_the_images_it_embedded(tmp_path):
+    """A source remembered for one image set answers for that set, with its own features, and for no other."""
+    from proxyfda.features import features_from_source, remember_source
+
+    encoder = create_encoder("efficientnet-lite0", image_size=32)
+    images, other = load_images("digits", n=20), load_images("digits", n=20, seed=1)
+    features = extract_features(encoder, images, root=tmp_path)
+    remember_source("efficientnet-lite0@32", encoder, images, root=tmp_path)
+    np.testing.assert_array_equal(features_from_source("efficientnet-lite0@32", images, root=tmp_path), features)
+    assert features_from_source("efficientnet-lite0@32", other, root=tmp_path) is None
+    assert features_from_source("efficientnet-lite0@48", images, root=tmp_path) is None
