@@ -100,6 +100,30 @@ def test_classifier_has_one_unit_row_per_class(tiny_specs, kind):
     assert not torch.allclose(rows, one_template)  # the templates are averaged, not ignored
 
 
+def test_each_class_row_is_the_mean_of_its_unit_prompt_embeddings(tiny_specs):
+    """Row c: open_clip's text embedding of each template filled with class c, each scaled to unit length,
+    averaged over the templates and scaled to unit length again (prompt by prompt, straight from open_clip)."""
+    import open_clip
+
+    from proxyfda.zeroshot import clip_architecture, clip_model_of
+
+    encoder = create_encoder(tiny_specs["vit"])
+    names, templates = ["cat", "dog", "T-shirt/top"], ["a photo of a {}.", "{}", "a blurry drawing of the {}."]
+    model = clip_model_of(encoder)
+    tokenizer = open_clip.get_tokenizer(clip_architecture(encoder), context_length=model.context_length)
+    with torch.no_grad():
+        def unit_prompt(text: str) -> torch.Tensor:
+            embedding = model.encode_text(tokenizer([text]))[0].float()
+            return embedding / embedding.norm()
+
+        expected = torch.stack([torch.stack([unit_prompt(t.format(name)) for t in templates]).mean(0)
+                                for name in names])
+        norms = torch.stack([model.encode_text(tokenizer([t.format("cat")]))[0].norm() for t in templates])
+    assert norms.max() > 1.01 * norms.min()  # unequal lengths: leaving out the unit scaling would show
+    torch.testing.assert_close(text_classifier(encoder, names, templates),
+                               expected / expected.norm(dim=1, keepdim=True), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["rn", "vit"])
 def test_encoder_output_is_clip_image_embedding(tiny_specs, kind):
     """forward() is open_clip's encode_image before normalisation: the joint space text lives in."""
