@@ -65,6 +65,8 @@ def test_a_link_with_embedding_files_opens_the_files_form(files):
     assert at.text_input(key=VEC_A).value == str(files / "a.npy") and at.text_input(key=VEC_IMAGES).value == ""
     assert at.text_input(key="drift.cfg.labels").value == str(files / "labels.txt")
     assert (at.number_input(key="drift.cfg.n").value, at.slider(key="drift.cfg.k").value) == (0, 4)
+    n, k = at.number_input(key="drift.cfg.n").proto, at.slider(key="drift.cfg.k").proto  # as the images form's
+    assert (n.has_min, n.min, n.has_max, k.min, k.max) == (True, 0, False, 1, 50)
     assert at.text_input(key=VEC_B).value == str(files / "b.parquet")
     assert [m.label for m in at.metric][:1] == ["overlap@4"]
 
